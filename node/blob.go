@@ -1,0 +1,111 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+)
+
+// Blob returns blob d of name: from the store, else from a download in
+// flight (started here when there is none). Every reader of a download
+// streams from the first byte; the upstream is asked once however many
+// clients want the blob at the same time.
+func (n *Node) Blob(ctx context.Context, name Name, d digest.Digest, head bool) (Content, error) {
+	if err := blobstore.CheckDigest(d); err != nil {
+		return Content{}, err
+	}
+	for range 2 { // a download may commit between the two looks
+		if c, ok, err := n.localContent(ctx, name, d, head); err != nil || ok {
+			return c, err
+		}
+		if !n.mirrors(name) {
+			return Content{}, fmt.Errorf("blob %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
+		}
+		if head && n.inflight(d) == nil {
+			size, err := n.up.StatBlob(ctx, name.NS, name.Repo, d)
+			if err != nil {
+				return Content{}, upstreamErr(fmt.Sprintf("blob %s@%s", name.Repo, d), err)
+			}
+			return Content{Digest: d, Size: size, Source: "upstream"}, nil
+		}
+		dl := n.join(ctx, name, d)
+		if dl == nil {
+			continue // committed meanwhile: serve it from the store
+		}
+		size, err := dl.waitSize(ctx)
+		if err != nil {
+			return Content{}, err
+		}
+		c := Content{Digest: d, Size: size, Source: "upstream"}
+		if !head {
+			c.Body = &follower{ctx: ctx, dl: dl, store: n.store}
+		}
+		return c, nil
+	}
+	return Content{}, fmt.Errorf("blob %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
+}
+
+func (n *Node) localContent(ctx context.Context, name Name, d digest.Digest, head bool) (Content, bool, error) {
+	b, ok, err := n.localBlob(ctx, name, d)
+	if err != nil || !ok {
+		return Content{}, false, err
+	}
+	info, err := n.store.Stat(ctx, d)
+	if err != nil {
+		b.Close()
+		return Content{}, false, notFoundIsMiss(err)
+	}
+	c := Content{Digest: d, Size: info.Size, Source: "local", Body: b}
+	if head {
+		b.Close()
+		c.Body = nil
+	}
+	return c, true, nil
+}
+
+func (n *Node) inflight(d digest.Digest) *download {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.downloads[d]
+}
+
+// join returns the download of d in flight, starting one if needed, or nil
+// when the blob is (now) in the store.
+func (n *Node) join(ctx context.Context, name Name, d digest.Digest) *download {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if dl := n.downloads[d]; dl != nil {
+		return dl
+	}
+	if _, err := n.store.Stat(ctx, d); err == nil {
+		return nil
+	}
+	dctx, cancel := context.WithCancel(context.Background())
+	dl := newDownload(d, cancel)
+	if n.closed {
+		cancel()
+		dl.finish(errors.New("node is shutting down"))
+		return dl
+	}
+	n.downloads[d] = dl
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		defer cancel()
+		err := n.fetch(dctx, dl, name)
+		if err != nil {
+			n.log.Warn("blob download failed", slog.String("digest", d.String()),
+				slog.String("repo", name.Repo), slog.String("err", err.Error()))
+		}
+		dl.finish(err)
+		n.mu.Lock()
+		delete(n.downloads, d)
+		n.mu.Unlock()
+	}()
+	return dl
+}

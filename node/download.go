@@ -1,0 +1,221 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/upstream"
+)
+
+// maxAttempts bounds how often one download asks upstream again after a
+// broken body (each retry resumes at the offset already written).
+const maxAttempts = 3
+
+// download is one blob being fetched into the store. Followers read the bytes
+// already written while it goes on.
+type download struct {
+	d      digest.Digest
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	size    int64 // -1 until upstream said
+	written int64
+	// committed: the blob verified and is in the store; read it there.
+	committed bool
+	done      bool
+	err     error
+	changed chan struct{} // closed and replaced on every change
+
+	wmu sync.RWMutex // ReadAt against Commit/Cancel
+	w   blobstore.Writer
+}
+
+func newDownload(d digest.Digest, cancel context.CancelFunc) *download {
+	return &download{d: d, cancel: cancel, size: -1, changed: make(chan struct{})}
+}
+
+// notifyLocked wakes every waiting follower; dl.mu must be held.
+func (dl *download) notifyLocked() {
+	close(dl.changed)
+	dl.changed = make(chan struct{})
+}
+
+func (dl *download) setSize(size int64) {
+	dl.mu.Lock()
+	dl.size = size
+	dl.notifyLocked()
+	dl.mu.Unlock()
+}
+
+func (dl *download) advance(written int64) {
+	dl.mu.Lock()
+	dl.written = written
+	dl.notifyLocked()
+	dl.mu.Unlock()
+}
+
+func (dl *download) markCommitted() {
+	dl.mu.Lock()
+	dl.committed = true
+	dl.notifyLocked()
+	dl.mu.Unlock()
+}
+
+func (dl *download) finish(err error) {
+	dl.mu.Lock()
+	dl.done, dl.err = true, err
+	dl.notifyLocked()
+	dl.mu.Unlock()
+}
+
+type snapshot struct {
+	size, written   int64
+	committed, done bool
+	err             error
+	changed         <-chan struct{}
+}
+
+func (dl *download) state() snapshot {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return snapshot{dl.size, dl.written, dl.committed, dl.done, dl.err, dl.changed}
+}
+
+// waitSize waits until the blob's size is known or the download failed.
+func (dl *download) waitSize(ctx context.Context) (int64, error) {
+	for {
+		s := dl.state()
+		switch {
+		case s.err != nil:
+			return 0, s.err
+		case s.size >= 0:
+			return s.size, nil
+		}
+		select {
+		case <-s.changed:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// errReleased: the writer is gone (committed or failed); look at the state again.
+var errReleased = errors.New("download buffer released")
+
+// readAt reads written, not yet committed bytes.
+func (dl *download) readAt(p []byte, off int64) (int, error) {
+	dl.wmu.RLock()
+	defer dl.wmu.RUnlock()
+	if dl.w == nil {
+		return 0, errReleased
+	}
+	return dl.w.ReadAt(p, off)
+}
+
+// fetch copies the blob from upstream into a store writer, resuming at the
+// written offset when the body breaks, and commits it once verified.
+func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
+	w, err := n.store.NewWriter(ctx)
+	if err != nil {
+		return err
+	}
+	dl.wmu.Lock()
+	dl.w = w
+	dl.wmu.Unlock()
+	defer func() {
+		dl.wmu.Lock()
+		if err != nil {
+			w.Cancel()
+		}
+		dl.w = nil
+		dl.wmu.Unlock()
+	}()
+
+	what := fmt.Sprintf("blob %s@%s", name.Repo, dl.d)
+	size := int64(-1)
+	for attempt := 1; ; attempt++ {
+		off := w.Size()
+		body, total, err := n.up.Blob(ctx, name.NS, name.Repo, dl.d, off)
+		if err != nil {
+			n.m.upstreamRequests.WithLabelValues("blob", "error").Inc()
+			if attempt < maxAttempts && off > 0 && !errors.Is(err, upstream.ErrNotFound) && ctx.Err() == nil {
+				continue
+			}
+			return upstreamErr(what, err)
+		}
+		n.m.upstreamRequests.WithLabelValues("blob", "ok").Inc()
+		if size < 0 {
+			size = total
+			dl.setSize(size)
+		} else if total != size {
+			body.Close()
+			return fmt.Errorf("%s: %w: size changed from %d to %d", what, ErrUpstream, size, total)
+		}
+		err = n.copyBody(ctx, dl, w, body, size)
+		body.Close()
+		if err == nil && w.Size() == size {
+			break
+		}
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		if attempt >= maxAttempts || ctx.Err() != nil {
+			return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
+		}
+	}
+
+	dl.wmu.Lock()
+	_, err = w.Commit(ctx, size, dl.d)
+	dl.w = nil
+	if err == nil {
+		dl.markCommitted()
+	}
+	dl.wmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
+	}
+	if err := n.store.Link(ctx, n.Key(name), dl.d); err != nil {
+		return fmt.Errorf("%s: link: %w", what, err)
+	}
+	n.m.downloads.Inc()
+	return nil
+}
+
+// copyBody writes body into w, telling followers after every chunk. A body
+// that stalls for IdleTimeout, or runs past size, fails.
+func (n *Node) copyBody(ctx context.Context, dl *download, w blobstore.Writer, body io.Reader, size int64) error {
+	stalled := time.AfterFunc(n.opts.IdleTimeout, dl.cancel)
+	defer stalled.Stop()
+	buf := make([]byte, 256<<10)
+	limited := io.LimitReader(body, size-w.Size()+1)
+	for {
+		k, rerr := limited.Read(buf)
+		if k > 0 {
+			stalled.Reset(n.opts.IdleTimeout)
+			if w.Size()+int64(k) > size {
+				return fmt.Errorf("upstream sent more than %d bytes", size)
+			}
+			if _, err := w.Write(buf[:k]); err != nil {
+				return err
+			}
+			n.m.upstreamBytes.Add(float64(k))
+			dl.advance(w.Size())
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w (no byte for %s or shutdown)", ctx.Err(), n.opts.IdleTimeout)
+			}
+			return rerr
+		}
+	}
+}

@@ -1,0 +1,219 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/upstream"
+)
+
+// MaxManifestSize bounds every manifest the node reads or accepts.
+const MaxManifestSize = 4 << 20
+
+// Manifest resolves ref (tag or digest) in name: tags at upstream first with
+// a short timeout, then the local index; digests from the store, then
+// upstream. What upstream serves is verified and stored before it is served.
+func (n *Node) Manifest(ctx context.Context, name Name, ref string, head bool) (Manifest, error) {
+	if isDigest(ref) {
+		return n.manifestByDigest(ctx, name, digest.Digest(ref))
+	}
+	d, err := n.resolveTag(ctx, name, ref)
+	if err != nil {
+		return Manifest{}, err
+	}
+	return n.manifestByDigest(ctx, name, d)
+}
+
+// resolveTag asks upstream what tag points at (bounded by TagTimeout) and
+// falls back to the local index when upstream is unreachable or has no such
+// tag (a tag pushed straight to the node).
+func (n *Node) resolveTag(ctx context.Context, name Name, tag string) (digest.Digest, error) {
+	key := n.Key(name)
+	if n.mirrors(name) {
+		tctx, cancel := context.WithTimeout(ctx, n.opts.TagTimeout)
+		m, err := n.up.Manifest(tctx, name.NS, name.Repo, tag, true)
+		cancel()
+		if err == nil {
+			n.m.upstreamRequests.WithLabelValues("tag", "ok").Inc()
+			if err := n.ensureManifest(ctx, name, m.Digest); err != nil {
+				return "", err
+			}
+			if err := n.store.Tag(ctx, key, tag, m.Digest); err != nil {
+				return "", fmt.Errorf("tag %s:%s: %w", key, tag, err)
+			}
+			return m.Digest, nil
+		}
+		n.m.upstreamRequests.WithLabelValues("tag", "error").Inc()
+		n.log.LogAttrs(ctx, levelFor(err), "tag not resolved upstream, using local index",
+			slog.String("repo", key), slog.String("tag", tag), slog.String("err", err.Error()))
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+	}
+	d, err := n.store.Resolve(ctx, key, tag)
+	if err != nil {
+		return "", fmt.Errorf("manifest %s:%s: %w", name.Repo, tag, err)
+	}
+	return d, nil
+}
+
+// ensureManifest makes sure manifest d is in the store for name.
+func (n *Node) ensureManifest(ctx context.Context, name Name, d digest.Digest) error {
+	if _, err := n.store.GetManifest(ctx, n.Key(name), d); err == nil {
+		return nil
+	}
+	_, err := n.manifestByDigest(ctx, name, d)
+	return err
+}
+
+// manifestByDigest serves d from the store, adopting content another
+// repository of a mirrored registry already holds, else fetches it upstream.
+func (n *Node) manifestByDigest(ctx context.Context, name Name, d digest.Digest) (Manifest, error) {
+	if err := blobstore.CheckDigest(d); err != nil {
+		return Manifest{}, err
+	}
+	key := n.Key(name)
+	rec, err := n.store.GetManifest(ctx, key, d)
+	if err == nil {
+		return n.readManifest(ctx, rec)
+	}
+	if !errors.Is(err, blobstore.ErrNotFound) {
+		return Manifest{}, err
+	}
+	if !n.mirrors(name) {
+		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
+	}
+	if b, ok, err := n.localBlob(ctx, name, d); err != nil {
+		return Manifest{}, err
+	} else if ok {
+		body, err := readAllLimited(b, MaxManifestSize)
+		b.Close()
+		if err == nil {
+			return n.putManifest(ctx, key, d, "", body)
+		}
+	}
+	m, err := n.up.Manifest(ctx, name.NS, name.Repo, d.String(), false)
+	if err != nil {
+		n.m.upstreamRequests.WithLabelValues("manifest", "error").Inc()
+		return Manifest{}, upstreamErr(fmt.Sprintf("manifest %s@%s", name.Repo, d), err)
+	}
+	n.m.upstreamRequests.WithLabelValues("manifest", "ok").Inc()
+	if err := blobstore.Verify(m.Body, -1, d); err != nil {
+		return Manifest{}, fmt.Errorf("manifest %s@%s from upstream: %w: %v", name.Repo, d, ErrUpstream, err)
+	}
+	if err := n.storeBytes(ctx, d, m.Body); err != nil {
+		return Manifest{}, err
+	}
+	return n.putManifest(ctx, key, d, m.MediaType, m.Body)
+}
+
+// putManifest indexes stored manifest bytes under key.
+func (n *Node) putManifest(ctx context.Context, key string, d digest.Digest, mediaType string, body []byte) (Manifest, error) {
+	rec, err := ParseManifest(body, mediaType, d)
+	if err != nil {
+		return Manifest{}, err
+	}
+	if err := n.store.PutManifest(ctx, key, rec); err != nil {
+		return Manifest{}, fmt.Errorf("index manifest %s@%s: %w", key, d, err)
+	}
+	return Manifest{Digest: d, MediaType: rec.MediaType, Size: rec.Size, Body: body}, nil
+}
+
+func (n *Node) readManifest(ctx context.Context, rec blobstore.Manifest) (Manifest, error) {
+	b, err := n.store.Open(ctx, rec.Digest)
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer b.Close()
+	body, err := readAllLimited(b, MaxManifestSize)
+	if err != nil {
+		return Manifest{}, fmt.Errorf("read manifest %s: %w", rec.Digest, err)
+	}
+	return Manifest{Digest: rec.Digest, MediaType: rec.MediaType, Size: int64(len(body)), Body: body}, nil
+}
+
+// storeBytes commits small verified content (manifests) to the store.
+func (n *Node) storeBytes(ctx context.Context, d digest.Digest, body []byte) error {
+	w, err := n.store.NewWriter(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(body); err != nil {
+		w.Cancel()
+		return err
+	}
+	_, err = w.Commit(ctx, int64(len(body)), d)
+	return err
+}
+
+// ParseManifest builds the index record of manifest bytes: media type (from
+// contentType, else the body's mediaType field), subject, artifact type and
+// annotations for the referrers API.
+func ParseManifest(body []byte, contentType string, d digest.Digest) (blobstore.Manifest, error) {
+	var m struct {
+		MediaType    string `json:"mediaType"`
+		ArtifactType string `json:"artifactType"`
+		Config       *struct {
+			MediaType string `json:"mediaType"`
+		} `json:"config"`
+		Subject *struct {
+			Digest digest.Digest `json:"digest"`
+		} `json:"subject"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(body, &m); err != nil {
+		return blobstore.Manifest{}, fmt.Errorf("manifest %s: invalid JSON: %w", d, err)
+	}
+	mt := m.MediaType
+	if contentType != "" {
+		if parsed, _, err := mime.ParseMediaType(contentType); err == nil {
+			mt = parsed
+		}
+	}
+	if mt == "" {
+		mt = "application/vnd.oci.image.manifest.v1+json"
+	}
+	rec := blobstore.Manifest{
+		Digest:       d,
+		MediaType:    mt,
+		Size:         int64(len(body)),
+		ArtifactType: m.ArtifactType,
+		Annotations:  m.Annotations,
+	}
+	if rec.ArtifactType == "" && m.Config != nil {
+		rec.ArtifactType = m.Config.MediaType
+	}
+	if m.Subject != nil {
+		rec.Subject = m.Subject.Digest
+	}
+	return rec, nil
+}
+
+func readAllLimited(r io.Reader, limit int64) ([]byte, error) {
+	var buf bytes.Buffer
+	n, err := buf.ReadFrom(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > limit {
+		return nil, fmt.Errorf("manifest larger than %d bytes", limit)
+	}
+	return buf.Bytes(), nil
+}
+
+// levelFor logs an unreachable upstream as a warning, a missing tag quietly.
+func levelFor(err error) slog.Level {
+	if errors.Is(err, upstream.ErrNotFound) || errors.Is(err, upstream.ErrNoUpstream) {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}

@@ -1,0 +1,273 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"go.uber.org/goleak"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/node"
+	"github.com/imgmesh/imgmesh/upstream"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+		goleak.IgnoreAnyFunction("github.com/dgraph-io/ristretto/v2.(*defaultPolicy[...]).processItems"))
+}
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+const ns = "origin.test"
+
+// newNode starts a node whose only upstream is o, over a real file store.
+func newNode(t *testing.T, o *origin) (*node.Node, blobstore.Store) {
+	t.Helper()
+	store, err := blobstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := upstream.New(upstream.Options{
+		Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}},
+		Restrict:   true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := node.New(node.Options{Store: store, Upstream: up, TagTimeout: time.Second, IdleTimeout: 5 * time.Second})
+	t.Cleanup(func() {
+		n.Close()
+		store.Close()
+	})
+	return n, store
+}
+
+func readBlob(ctx context.Context, n *node.Node, repo string, d digest.Digest) ([]byte, node.Content, error) {
+	c, err := n.Blob(ctx, node.Name{NS: ns, Repo: repo}, d, false)
+	if err != nil {
+		return nil, c, err
+	}
+	defer c.Body.Close()
+	b, err := io.ReadAll(c.Body)
+	return b, c, err
+}
+
+func TestPullThroughThenLocal(t *testing.T) {
+	o := newOrigin(t)
+	img, layers := pushImage(t, o, "team/app", "v1", 3<<20, 1000)
+	n, _ := newNode(t, o)
+	ctx := context.Background()
+	want, _ := img.Digest()
+
+	m, err := n.Manifest(ctx, node.Name{NS: ns, Repo: "team/app"}, "v1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Digest.String() != want.String() {
+		t.Fatalf("tag resolved to %s, upstream has %s", m.Digest, want)
+	}
+	raw, _ := img.RawManifest()
+	if !bytes.Equal(m.Body, raw) {
+		t.Fatal("manifest bytes differ from upstream's")
+	}
+	for _, l := range layers {
+		d, _ := l.Digest()
+		for i, wantSource := range []string{"upstream", "local"} {
+			got, c, err := readBlob(ctx, n, "team/app", digest.Digest(d.String()))
+			if err != nil {
+				t.Fatalf("read %d: %v", i, err)
+			}
+			if !bytes.Equal(got, layerBytes(t, l)) {
+				t.Fatalf("read %d of %s: wrong bytes", i, d)
+			}
+			if c.Source != wantSource {
+				t.Errorf("read %d source = %s, want %s", i, c.Source, wantSource)
+			}
+		}
+		if g := o.gets(d); g != 1 {
+			t.Errorf("upstream served %s %d times, want once", d, g)
+		}
+	}
+}
+
+func TestConcurrentColdReadersShareOneFetch(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 4<<20)
+	n, _ := newNode(t, o)
+	d, _ := layers[0].Digest()
+	want := layerBytes(t, layers[0])
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			got, _, err := readBlob(context.Background(), n, "team/app", digest.Digest(d.String()))
+			if err == nil && !bytes.Equal(got, want) {
+				err = errors.New("wrong bytes")
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g := o.gets(d); g != 1 {
+		t.Fatalf("upstream served the blob %d times to 8 concurrent readers, want 1", g)
+	}
+}
+
+func TestStreamsBeforeUpstreamFinishes(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 8<<20)
+	gate := make(chan struct{})
+	o.mu.Lock()
+	o.gate, o.gateAfter = gate, 1<<20
+	o.mu.Unlock()
+	n, _ := newNode(t, o)
+	d, _ := layers[0].Digest()
+	want := layerBytes(t, layers[0])
+
+	c, err := n.Blob(context.Background(), node.Name{NS: ns, Repo: "team/app"}, digest.Digest(d.String()), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Body.Close()
+	first := make([]byte, 1<<20)
+	if _, err := io.ReadFull(c.Body, first); err != nil { // upstream is paused after 1 MiB
+		t.Fatalf("first MiB not streamed while upstream paused: %v", err)
+	}
+	close(gate)
+	rest, err := io.ReadAll(c.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(append(first, rest...), want) {
+		t.Fatal("wrong bytes")
+	}
+}
+
+func TestLyingUpstreamStoresNothing(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 2<<20)
+	n, store := newNode(t, o)
+	d, _ := layers[0].Digest()
+	o.corrupt.Store(true)
+
+	got, _, err := readBlob(context.Background(), n, "team/app", digest.Digest(d.String()))
+	if err == nil {
+		t.Fatal("reading a corrupted blob succeeded")
+	}
+	if len(got) >= 2<<20 {
+		t.Fatalf("client received all %d bytes of a wrong blob", len(got))
+	}
+	if _, err := store.Stat(context.Background(), digest.Digest(d.String())); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("store has the corrupted blob: %v", err)
+	}
+	o.corrupt.Store(false)
+	got, _, err = readBlob(context.Background(), n, "team/app", digest.Digest(d.String()))
+	if err != nil || !bytes.Equal(got, layerBytes(t, layers[0])) {
+		t.Fatalf("after upstream recovered: err=%v", err)
+	}
+}
+
+func TestResumesBrokenBody(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 4<<20)
+	n, _ := newNode(t, o)
+	d, _ := layers[0].Digest()
+	o.breakAt.Store(1 << 20)
+
+	got, _, err := readBlob(context.Background(), n, "team/app", digest.Digest(d.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, layerBytes(t, layers[0])) {
+		t.Fatal("wrong bytes after resume")
+	}
+	if o.rangeGets() != 1 {
+		t.Fatalf("expected one ranged resume request, got %d", o.rangeGets())
+	}
+}
+
+func TestUpstreamDownServesLocalTag(t *testing.T) {
+	o := newOrigin(t)
+	img, layers := pushImage(t, o, "team/app", "v1", 1000)
+	n, _ := newNode(t, o)
+	ctx := context.Background()
+	name := node.Name{NS: ns, Repo: "team/app"}
+	if _, err := n.Manifest(ctx, name, "v1", false); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := layers[0].Digest()
+	if _, _, err := readBlob(ctx, n, "team/app", digest.Digest(d.String())); err != nil {
+		t.Fatal(err)
+	}
+	o.down.Store(true)
+	m, err := n.Manifest(ctx, name, "v1", false)
+	if err != nil {
+		t.Fatalf("tag while upstream down: %v", err)
+	}
+	want, _ := img.Digest()
+	if m.Digest.String() != want.String() {
+		t.Fatalf("got %s want %s", m.Digest, want)
+	}
+	if _, _, err := readBlob(ctx, n, "team/app", digest.Digest(d.String())); err != nil {
+		t.Fatalf("blob while upstream down: %v", err)
+	}
+	if _, err := n.Manifest(ctx, name, "never-pulled", false); err == nil {
+		t.Fatal("unknown tag while upstream down should fail")
+	}
+}
+
+func TestMissingEverywhere(t *testing.T) {
+	o := newOrigin(t)
+	n, _ := newNode(t, o)
+	ctx := context.Background()
+	d := digest.FromString("nobody has this")
+	if _, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, d, false); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("blob: got %v, want ErrNotFound", err)
+	}
+	if _, err := n.Manifest(ctx, node.Name{NS: ns, Repo: "team/app"}, "nope", false); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("manifest: got %v, want ErrNotFound", err)
+	}
+	o.down.Store(true)
+	if _, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, d, false); !errors.Is(err, node.ErrUpstream) {
+		t.Fatalf("blob with upstream down: got %v, want ErrUpstream", err)
+	}
+}
+
+func TestLocalOnlyKeepsRepositoriesApart(t *testing.T) {
+	store := blobstore.NewMemory()
+	n := node.New(node.Options{Store: store})
+	defer n.Close()
+	ctx := context.Background()
+	w, _ := store.NewWriter(ctx)
+	w.Write([]byte("hello"))
+	d := digest.FromString("hello")
+	if _, err := w.Commit(ctx, 5, d); err != nil {
+		t.Fatal(err)
+	}
+	store.Link(ctx, "a/one", d)
+	if _, _, err := readBlob(ctx, n, "a/one", d); err == nil {
+		t.Fatal("ns of a registry with no upstream must not resolve")
+	}
+	c, err := n.Blob(ctx, node.Name{Repo: "a/one"}, d, true)
+	if err != nil || c.Size != 5 {
+		t.Fatalf("linked blob: %v size %d", err, c.Size)
+	}
+	if _, err := n.Blob(ctx, node.Name{Repo: "b/two"}, d, true); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("unlinked repository sees the blob: %v", err)
+	}
+}
