@@ -35,6 +35,9 @@ func NewMemory() *Memory {
 }
 
 func (m *Memory) Stat(_ context.Context, d digest.Digest) (Info, error) {
+	if err := CheckDigest(d); err != nil {
+		return Info{}, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	b, ok := m.blobs[d]
@@ -45,6 +48,9 @@ func (m *Memory) Stat(_ context.Context, d digest.Digest) (Info, error) {
 }
 
 func (m *Memory) Open(_ context.Context, d digest.Digest) (Blob, error) {
+	if err := CheckDigest(d); err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	b, ok := m.blobs[d]
@@ -63,16 +69,27 @@ func (m *Memory) NewWriter(context.Context) (Writer, error) {
 }
 
 func (m *Memory) Delete(_ context.Context, d digest.Digest) error {
+	if err := CheckDigest(d); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.blobs[d]; !ok {
 		return fmt.Errorf("blob %s: %w", d, ErrNotFound)
 	}
+	m.deleteLocked(d)
+	return nil
+}
+
+// deleteLocked removes blob d and everything in every repository pointing at it.
+func (m *Memory) deleteLocked(d digest.Digest) {
 	delete(m.blobs, d)
 	for repo := range m.links {
 		m.dropLocked(repo, d)
 	}
-	return nil
+	for repo := range m.tags {
+		m.dropLocked(repo, d)
+	}
 }
 
 // dropLocked removes d's link, manifest record and tags from repo.
@@ -102,6 +119,9 @@ func (m *Memory) Walk(_ context.Context, fn func(Info) error) error {
 }
 
 func (m *Memory) Link(_ context.Context, repo string, d digest.Digest) error {
+	if err := CheckDigest(d); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.blobs[d]; !ok {
@@ -132,7 +152,7 @@ func (m *Memory) Unlink(_ context.Context, repo string, d digest.Digest) error {
 			return nil
 		}
 	}
-	delete(m.blobs, d)
+	m.deleteLocked(d)
 	return nil
 }
 
@@ -162,7 +182,7 @@ func (m *Memory) GetManifest(_ context.Context, repo string, d digest.Digest) (M
 func (m *Memory) Referrers(_ context.Context, repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []ocispec.Descriptor
+	out := []ocispec.Descriptor{}
 	for _, man := range m.manifests[repo] {
 		if man.Subject == subject {
 			out = append(out, man.Descriptor())
@@ -173,6 +193,9 @@ func (m *Memory) Referrers(_ context.Context, repo string, subject digest.Digest
 }
 
 func (m *Memory) Tag(_ context.Context, repo, tag string, d digest.Digest) error {
+	if err := CheckDigest(d); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.blobs[d]; !ok {
@@ -249,6 +272,12 @@ func (w *memWriter) Write(p []byte) (int, error) {
 func (w *memWriter) ReadAt(p []byte, off int64) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return 0, ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("read at %d: negative offset", off)
+	}
 	if off >= int64(len(w.buf)) {
 		return 0, io.EOF
 	}
@@ -275,7 +304,7 @@ func (w *memWriter) Commit(_ context.Context, size int64, expected digest.Digest
 	buf := w.buf
 	w.buf = nil
 	if err := Verify(buf, size, expected); err != nil {
-		return Info{}, err
+		return Info{}, fmt.Errorf("commit %s: %w", expected, err)
 	}
 	w.m.mu.Lock()
 	w.m.blobs[expected] = buf

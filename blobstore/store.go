@@ -42,7 +42,9 @@ type Blob interface {
 }
 
 // Writer ingests one blob. Bytes written are readable with ReadAt while the
-// write is in progress (followers of an in-flight download read from it).
+// write is in progress (followers of an in-flight download read from it);
+// ReadAt at or past Size returns io.EOF, and after Commit or Cancel it
+// returns ErrClosed (read the committed blob with Store.Open).
 // Nothing is visible under a digest until Commit verified it.
 type Writer interface {
 	io.Writer
@@ -95,7 +97,8 @@ type Store interface {
 	// GetManifest returns the manifest record of d in repo, or ErrNotFound.
 	GetManifest(ctx context.Context, repo string, d digest.Digest) (Manifest, error)
 	// Referrers lists manifests of repo whose subject is d, as OCI descriptors
-	// (mediaType, digest, size, artifactType, annotations).
+	// (mediaType, digest, size, artifactType, annotations), in digest order;
+	// an empty, non-nil list if none.
 	Referrers(ctx context.Context, repo string, subject digest.Digest) ([]ocispec.Descriptor, error)
 
 	// Tag points repo:tag at manifest d, remembering when.

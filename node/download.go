@@ -30,8 +30,8 @@ type download struct {
 	// committed: the blob verified and is in the store; read it there.
 	committed bool
 	done      bool
-	err     error
-	changed chan struct{} // closed and replaced on every change
+	err       error
+	changed   chan struct{} // closed and replaced on every change
 
 	wmu sync.RWMutex // ReadAt against Commit/Cancel
 	w   blobstore.Writer
