@@ -1,0 +1,107 @@
+package blobstore
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// TestAccessRecorded: Open moves a blob's last access forward, at most once
+// per accessEvery, and the times survive a reopen.
+func TestAccessRecorded(t *testing.T) {
+	dir := t.TempDir()
+	f, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	clock := t0
+	f.now = func() time.Time { return clock }
+	ctx := context.Background()
+	b := []byte("some layer")
+	d := digest.FromBytes(b)
+	w, err := f.NewWriter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(ctx, int64(len(b)), d); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name     string
+		advance  time.Duration
+		accessed time.Time
+	}{
+		{"soon after", accessEvery / 2, t0},
+		{"after accessEvery", accessEvery, t0.Add(accessEvery * 3 / 2)},
+		{"again soon", time.Minute, t0.Add(accessEvery * 3 / 2)},
+	}
+	for _, st := range steps {
+		clock = clock.Add(st.advance)
+		rc, err := f.Open(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Close()
+		m, err := f.Meta(ctx, d)
+		if err != nil || !m.Created.Equal(t0) || !m.Accessed.Equal(st.accessed) || m.Size != int64(len(b)) {
+			t.Errorf("%s: Meta = %+v, %v; want created %v, accessed %v", st.name, m, err, t0, st.accessed)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err = Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if m, err := f.Meta(ctx, d); err != nil || !m.Accessed.Equal(t0.Add(accessEvery*3/2)) {
+		t.Errorf("Meta after reopen = %+v, %v", m, err)
+	}
+}
+
+// TestWalkPages: Walk reads the index in pages and may change the store
+// from fn (a GC deleting what it walks).
+func TestWalkPages(t *testing.T) {
+	f, err := Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.page = 3
+	ctx := context.Background()
+	want := map[digest.Digest]bool{}
+	for i := range 10 {
+		b := []byte{byte(i)}
+		w, _ := f.NewWriter(ctx)
+		if _, err := w.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		info, err := w.Commit(ctx, 1, digest.FromBytes(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[info.Digest] = true
+	}
+	var prev digest.Digest
+	err = f.Walk(ctx, func(i Info) error {
+		if !want[i.Digest] || i.Digest <= prev {
+			t.Errorf("Walk gave %s after %s (unknown, repeated or out of order)", i.Digest, prev)
+		}
+		prev = i.Digest
+		delete(want, i.Digest)
+		return f.Delete(ctx, i.Digest)
+	})
+	if err != nil || len(want) != 0 {
+		t.Errorf("Walk: %v, %d blobs not visited", err, len(want))
+	}
+	if b, n, _ := f.Usage(ctx); b != 0 || n != 0 {
+		t.Errorf("Usage after deleting all = %d, %d", b, n)
+	}
+}
