@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/node"
+	"github.com/imgmesh/imgmesh/registryapi"
+	"github.com/imgmesh/imgmesh/upstream"
+)
+
+const (
+	// maxManifestSize is the largest manifest the node accepts (4 MiB).
+	maxManifestSize = 4 << 20
+	// shutdownTimeout bounds waiting for requests in flight on SIGINT/SIGTERM.
+	shutdownTimeout = 10 * time.Second
+)
+
+// serve wires store → upstream → node → registry API and serves it on
+// cfg.Listen until ctx ends or SIGINT/SIGTERM arrives.
+func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := cfg.newLogger(c.stderr)
+
+	dockerConfig, err := c.dockerConfig(cfg)
+	if err != nil {
+		return err
+	}
+	// Listen before opening the store: a busy port fails fast and leaves
+	// the data directory alone.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+
+	store, err := blobstore.Open(cfg.DataDir, log)
+	if err != nil {
+		return fmt.Errorf("open store %s: %w", cfg.DataDir, err)
+	}
+	defer func() {
+		if cerr := store.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close store: %w", cerr)
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	opts := node.Options{Store: store, Logger: log, TagTimeout: cfg.TagTimeout, Registerer: reg}
+	if len(cfg.Upstreams) > 0 {
+		up, err := upstream.New(upstream.Options{
+			Registries:   cfg.registries(),
+			Restrict:     cfg.RestrictUpstreams,
+			DockerConfig: dockerConfig,
+			Logger:       log,
+			UserAgent:    "imgmesh/" + version,
+		})
+		if err != nil {
+			return fmt.Errorf("upstream: %w", err)
+		}
+		defer up.Close()
+		opts.Upstream = up
+	}
+	n := node.New(opts)
+	defer n.Close()
+
+	api := registryapi.New(registryapi.Options{
+		Source: n, Store: store, Logger: log,
+		Registerer: reg, Gatherer: reg, MaxManifestSize: maxManifestSize,
+	})
+	if c, ok := api.(io.Closer); ok {
+		defer c.Close() // cancels upload sessions still open
+	}
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir,
+		"upstreams", len(cfg.Upstreams), "version", version)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown: closing connections still open", "err", err)
+		_ = srv.Close()
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// dockerConfig returns the credentials file to hand to upstream: the
+// default path is skipped when it does not exist (anonymous pulls), a path
+// the user named must exist.
+func (c *cli) dockerConfig(cfg Config) (string, error) {
+	if cfg.DockerConfig == "" {
+		return "", nil
+	}
+	_, err := os.Stat(cfg.DockerConfig)
+	switch {
+	case err == nil:
+		return cfg.DockerConfig, nil
+	case errors.Is(err, fs.ErrNotExist) && cfg.DockerConfig == defaultDockerConfig(c.lookupEnv):
+		return "", nil
+	default:
+		return "", fmt.Errorf("docker config: %w", err)
+	}
+}
+
+// registries converts the configured upstreams for the upstream package.
+func (c Config) registries() []upstream.Registry {
+	rs := make([]upstream.Registry, len(c.Upstreams))
+	for i, u := range c.Upstreams {
+		rs[i] = upstream.Registry{Name: u.Name, URL: strings.TrimRight(u.URL, "/")}
+	}
+	return rs
+}
