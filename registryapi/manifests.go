@@ -1,0 +1,227 @@
+package registryapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+)
+
+// manifest serves GET, HEAD, PUT and DELETE /v2/<name>/manifests/<reference>.
+func (s *Server) manifest(w http.ResponseWriter, r *http.Request, rt route) {
+	ref, perr := parseReference(rt.ref)
+	if perr != nil {
+		s.fail(w, r, perr)
+		return
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		s.getManifest(w, r, rt, ref)
+	case http.MethodPut:
+		s.putManifest(w, r, rt, ref)
+	case http.MethodDelete:
+		s.deleteManifest(w, r, rt, ref)
+	}
+}
+
+func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, rt route, ref reference) {
+	head := r.Method == http.MethodHead
+	m, err := s.src.Manifest(r.Context(), nodeName(r, rt), ref.String(), head)
+	if err != nil {
+		s.fail(w, r, classify(err, CodeManifestUnknown))
+		return
+	}
+	size := m.Size
+	if !head {
+		if m.Body == nil {
+			s.fail(w, r, apiError(CodeUnknown, "source returned no manifest body"))
+			return
+		}
+		size = int64(len(m.Body))
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	h.Set("ETag", `"`+m.Digest.String()+`"`)
+	h.Set("Content-Length", itoa(size))
+	w.WriteHeader(http.StatusOK)
+	if !head {
+		_, _ = w.Write(m.Body)
+	}
+}
+
+// putManifest stores a pushed manifest: bounded, valid JSON whose media type
+// matches its Content-Type, hashing to the digest it is pushed by. Blobs it
+// references need not be present (sparse and non-distributable manifests
+// are accepted, as the conformance suite expects); a missing subject is fine.
+func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt route, ref reference) {
+	ctx := r.Context()
+	tooBig := apiError(CodeManifestInvalid, fmt.Sprintf("manifest larger than %d bytes", s.maxMan)).withStatus(http.StatusRequestEntityTooLarge)
+	if r.ContentLength > s.maxMan {
+		s.fail(w, r, tooBig)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, s.maxMan+1))
+	if err != nil {
+		s.fail(w, r, apiError(CodeManifestInvalid, "reading manifest failed").wrap(err))
+		return
+	}
+	if int64(len(body)) > s.maxMan {
+		s.fail(w, r, tooBig)
+		return
+	}
+	rec, perr := parseManifest(body, r.Header.Get("Content-Type"))
+	if perr != nil {
+		s.fail(w, r, perr)
+		return
+	}
+	d := ref.digest
+	if d == "" {
+		d = digest.SHA256.FromBytes(body)
+	} else if err := blobstore.Verify(body, -1, d); err != nil {
+		s.fail(w, r, classify(err, CodeManifestInvalid))
+		return
+	}
+	rec.Digest = d
+	tags := r.URL.Query()["tag"]
+	for _, t := range tags {
+		if !tagRe.MatchString(t) {
+			s.fail(w, r, apiError(CodeManifestInvalid, map[string]string{"tag": t, "reason": "invalid tag"}))
+			return
+		}
+	}
+	if ref.tag != "" {
+		tags = append([]string{ref.tag}, tags...)
+	}
+	key := s.key(nodeName(r, rt))
+	if err := s.storeManifest(r, key, rec, body, tags); err != nil {
+		s.fail(w, r, classify(err, CodeManifestInvalid))
+		return
+	}
+	h := w.Header()
+	h.Set("Location", location(r, "/v2/"+rt.name+"/manifests/"+d.String()))
+	h.Set("Docker-Content-Digest", d.String())
+	if rec.Subject != "" {
+		h.Set("OCI-Subject", rec.Subject.String())
+	}
+	if q := r.URL.Query()["tag"]; len(q) > 0 {
+		h.Set("OCI-Tag", strings.Join(q, ", "))
+	}
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	s.log.LogAttrs(ctx, slog.LevelDebug, "manifest pushed", slog.String("repo", key), slog.String("digest", d.String()))
+}
+
+// storeManifest writes body as blob rec.Digest (unless present), indexes it
+// in key and points tags at it.
+func (s *Server) storeManifest(r *http.Request, key string, rec blobstore.Manifest, body []byte, tags []string) error {
+	ctx := r.Context()
+	if _, err := s.store.Stat(ctx, rec.Digest); err != nil {
+		if !errors.Is(err, blobstore.ErrNotFound) {
+			return err
+		}
+		wr, err := s.store.NewWriter(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := wr.Write(body); err != nil {
+			_ = wr.Cancel()
+			return err
+		}
+		if _, err := wr.Commit(ctx, int64(len(body)), rec.Digest); err != nil {
+			_ = wr.Cancel()
+			return err
+		}
+	}
+	if err := s.store.PutManifest(ctx, key, rec); err != nil {
+		return err
+	}
+	for _, t := range tags {
+		if err := s.store.Tag(ctx, key, t, rec.Digest); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// manifestDoc is what the server reads from a pushed manifest.
+type manifestDoc struct {
+	MediaType    string              `json:"mediaType"`
+	ArtifactType string              `json:"artifactType"`
+	Config       *ocispec.Descriptor `json:"config"`
+	Subject      *ocispec.Descriptor `json:"subject"`
+	Annotations  map[string]string   `json:"annotations"`
+}
+
+// parseManifest validates a pushed manifest and builds its index record
+// (everything but the digest).
+func parseManifest(body []byte, contentType string) (blobstore.Manifest, *Error) {
+	invalid := func(reason string, err error) (blobstore.Manifest, *Error) {
+		return blobstore.Manifest{}, apiError(CodeManifestInvalid, map[string]string{"reason": reason}).wrap(err)
+	}
+	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' {
+		return invalid("manifest is not a JSON object", nil)
+	}
+	var doc manifestDoc
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return invalid("invalid JSON: "+err.Error(), err)
+	}
+	mt := doc.MediaType
+	if contentType != "" {
+		parsed, _, err := mime.ParseMediaType(contentType)
+		if err != nil {
+			return invalid("invalid Content-Type", err)
+		}
+		mt = parsed
+	}
+	switch {
+	case mt == "":
+		return invalid("no media type: set Content-Type", nil)
+	case doc.MediaType != "" && doc.MediaType != mt:
+		return invalid(fmt.Sprintf("mediaType %q does not match Content-Type %q", doc.MediaType, mt), nil)
+	}
+	rec := blobstore.Manifest{
+		MediaType:    mt,
+		Size:         int64(len(body)),
+		ArtifactType: doc.ArtifactType,
+		Annotations:  doc.Annotations,
+	}
+	if rec.ArtifactType == "" && doc.Config != nil {
+		rec.ArtifactType = doc.Config.MediaType
+	}
+	if doc.Subject != nil {
+		if err := blobstore.CheckDigest(doc.Subject.Digest); err != nil {
+			return invalid("invalid subject digest", err)
+		}
+		rec.Subject = doc.Subject.Digest
+	}
+	return rec, nil
+}
+
+// deleteManifest deletes a tag (by tag) or a manifest (by digest).
+func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, rt route, ref reference) {
+	ctx := r.Context()
+	key := s.key(nodeName(r, rt))
+	var err error
+	if ref.tag != "" {
+		err = s.store.Untag(ctx, key, ref.tag)
+	} else if _, err = s.store.GetManifest(ctx, key, ref.digest); err == nil {
+		err = s.store.Unlink(ctx, key, ref.digest)
+	}
+	if err != nil {
+		s.fail(w, r, classify(err, CodeManifestUnknown))
+		return
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+}
