@@ -3,12 +3,10 @@ package node
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 
 	"github.com/opencontainers/go-digest"
 
@@ -118,9 +116,15 @@ func (n *Node) manifestByDigest(ctx context.Context, name Name, d digest.Digest)
 
 // putManifest indexes stored manifest bytes under key.
 func (n *Node) putManifest(ctx context.Context, key string, d digest.Digest, mediaType string, body []byte) (Manifest, error) {
-	rec, err := ParseManifest(body, mediaType, d)
+	if mt := blobstore.BodyMediaType(body); mt != "" {
+		mediaType = mt // the body knows better than a proxy's Content-Type
+	}
+	if mediaType == "" {
+		mediaType = "application/vnd.oci.image.manifest.v1+json"
+	}
+	rec, err := blobstore.ParseManifest(body, mediaType, d)
 	if err != nil {
-		return Manifest{}, err
+		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", key, d, err)
 	}
 	if err := n.store.PutManifest(ctx, key, rec); err != nil {
 		return Manifest{}, fmt.Errorf("index manifest %s@%s: %w", key, d, err)
@@ -153,49 +157,6 @@ func (n *Node) storeBytes(ctx context.Context, d digest.Digest, body []byte) err
 	}
 	_, err = w.Commit(ctx, int64(len(body)), d)
 	return err
-}
-
-// ParseManifest builds the index record of manifest bytes: media type (from
-// contentType, else the body's mediaType field), subject, artifact type and
-// annotations for the referrers API.
-func ParseManifest(body []byte, contentType string, d digest.Digest) (blobstore.Manifest, error) {
-	var m struct {
-		MediaType    string `json:"mediaType"`
-		ArtifactType string `json:"artifactType"`
-		Config       *struct {
-			MediaType string `json:"mediaType"`
-		} `json:"config"`
-		Subject *struct {
-			Digest digest.Digest `json:"digest"`
-		} `json:"subject"`
-		Annotations map[string]string `json:"annotations"`
-	}
-	if err := json.Unmarshal(body, &m); err != nil {
-		return blobstore.Manifest{}, fmt.Errorf("manifest %s: invalid JSON: %w", d, err)
-	}
-	mt := m.MediaType
-	if contentType != "" {
-		if parsed, _, err := mime.ParseMediaType(contentType); err == nil {
-			mt = parsed
-		}
-	}
-	if mt == "" {
-		mt = "application/vnd.oci.image.manifest.v1+json"
-	}
-	rec := blobstore.Manifest{
-		Digest:       d,
-		MediaType:    mt,
-		Size:         int64(len(body)),
-		ArtifactType: m.ArtifactType,
-		Annotations:  m.Annotations,
-	}
-	if rec.ArtifactType == "" && m.Config != nil {
-		rec.ArtifactType = m.Config.MediaType
-	}
-	if m.Subject != nil {
-		rec.Subject = m.Subject.Digest
-	}
-	return rec, nil
 }
 
 func readAllLimited(r io.Reader, limit int64) ([]byte, error) {

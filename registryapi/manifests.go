@@ -1,8 +1,6 @@
 package registryapi
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/imgmesh/imgmesh/blobstore"
 )
@@ -154,56 +151,30 @@ func (s *Server) storeManifest(r *http.Request, key string, rec blobstore.Manife
 	return nil
 }
 
-// manifestDoc is what the server reads from a pushed manifest.
-type manifestDoc struct {
-	MediaType    string              `json:"mediaType"`
-	ArtifactType string              `json:"artifactType"`
-	Config       *ocispec.Descriptor `json:"config"`
-	Subject      *ocispec.Descriptor `json:"subject"`
-	Annotations  map[string]string   `json:"annotations"`
-}
-
 // parseManifest validates a pushed manifest and builds its index record
-// (everything but the digest).
+// (everything but the digest): Content-Type names the media type and must
+// agree with the body's mediaType field.
 func parseManifest(body []byte, contentType string) (blobstore.Manifest, *Error) {
 	invalid := func(reason string, err error) (blobstore.Manifest, *Error) {
 		return blobstore.Manifest{}, apiError(CodeManifestInvalid, map[string]string{"reason": reason}).wrap(err)
 	}
-	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' {
-		return invalid("manifest is not a JSON object", nil)
-	}
-	var doc manifestDoc
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return invalid("invalid JSON: "+err.Error(), err)
-	}
-	mt := doc.MediaType
+	mt := blobstore.BodyMediaType(body)
 	if contentType != "" {
 		parsed, _, err := mime.ParseMediaType(contentType)
 		if err != nil {
 			return invalid("invalid Content-Type", err)
 		}
+		if mt != "" && mt != parsed {
+			return invalid(fmt.Sprintf("mediaType %q does not match Content-Type %q", mt, parsed), nil)
+		}
 		mt = parsed
 	}
-	switch {
-	case mt == "":
+	rec, err := blobstore.ParseManifest(body, mt, "")
+	if err != nil {
+		return invalid(err.Error(), err)
+	}
+	if rec.MediaType == "" {
 		return invalid("no media type: set Content-Type", nil)
-	case doc.MediaType != "" && doc.MediaType != mt:
-		return invalid(fmt.Sprintf("mediaType %q does not match Content-Type %q", doc.MediaType, mt), nil)
-	}
-	rec := blobstore.Manifest{
-		MediaType:    mt,
-		Size:         int64(len(body)),
-		ArtifactType: doc.ArtifactType,
-		Annotations:  doc.Annotations,
-	}
-	if rec.ArtifactType == "" && doc.Config != nil {
-		rec.ArtifactType = doc.Config.MediaType
-	}
-	if doc.Subject != nil {
-		if err := blobstore.CheckDigest(doc.Subject.Digest); err != nil {
-			return invalid("invalid subject digest", err)
-		}
-		rec.Subject = doc.Subject.Digest
 	}
 	return rec, nil
 }
