@@ -318,3 +318,37 @@ func (f *Files) Untag(_ context.Context, repo, tag string) error {
 		return errors.Join(txn.Delete(key(kindTag, repo, tag)), txn.Delete(key(kindTagRev, string(d), repo, tag)))
 	})
 }
+
+// WalkTags calls fn for every tag of every repository.
+func (f *Files) WalkTags(_ context.Context, fn func(repo, tag string, d digest.Digest) error) error {
+	type tagged struct {
+		repo, tag string
+		d         digest.Digest
+	}
+	var all []tagged
+	err := f.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix(kindTag)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			parts := strings.Split(string(it.Item().Key()), "\x00")
+			if len(parts) != 3 {
+				continue
+			}
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			all = append(all, tagged{parts[1], parts[2], digest.Digest(v)})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, t := range all { // outside the transaction: fn may write
+		if err := fn(t.repo, t.tag, t.d); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -239,6 +239,27 @@ func (m *Memory) Untag(_ context.Context, repo, tag string) error {
 	return nil
 }
 
+func (m *Memory) WalkTags(_ context.Context, fn func(repo, tag string, d digest.Digest) error) error {
+	type tagged struct {
+		repo, tag string
+		d         digest.Digest
+	}
+	m.mu.Lock()
+	var all []tagged
+	for repo, tags := range m.tags {
+		for tag, d := range tags {
+			all = append(all, tagged{repo, tag, d})
+		}
+	}
+	m.mu.Unlock()
+	for _, t := range all {
+		if err := fn(t.repo, t.tag, t.d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (m *Memory) Usage(context.Context) (int64, int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -109,6 +109,9 @@ type Store interface {
 	Tags(ctx context.Context, repo string) ([]string, error)
 	// Untag removes repo:tag, or ErrNotFound.
 	Untag(ctx context.Context, repo, tag string) error
+	// WalkTags calls fn for every tag of every repository until fn returns
+	// an error.
+	WalkTags(ctx context.Context, fn func(repo, tag string, d digest.Digest) error) error
 
 	// Usage reports bytes and blob count of committed content.
 	Usage(ctx context.Context) (bytes int64, blobs int64, err error)

@@ -219,6 +219,16 @@ func testTags(t *testing.T, s blobstore.Store) {
 		t.Errorf("Untag twice: %v, want ErrNotFound", err)
 	}
 	wantTags(t, s, "r", "1.0", "1.10", "1.9", "A", "a", "latest")
+	walked := map[string]digest.Digest{}
+	if err := s.WalkTags(ctx, func(repo, tag string, d digest.Digest) error {
+		walked[repo+":"+tag] = d
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(walked) != 7 || walked["r:latest"] != m2.Digest || walked["r/sub:only-sub"] != m2.Digest || walked["r:1.0"] != m1.Digest {
+		t.Errorf("WalkTags saw %v; want the 7 tags of r and r/sub", walked)
+	}
 	// Untagging leaves the manifest.
 	if _, err := s.GetManifest(ctx, "r", m1.Digest); err != nil {
 		t.Errorf("GetManifest after Untag: %v", err)
