@@ -1,0 +1,126 @@
+package dataplane
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics of the data-plane server. A collector already registered on the
+// Registerer (a second server) is shared.
+type metrics struct {
+	requests *prometheus.CounterVec // route, code
+	bytes    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imgmesh_dataplane_requests_total",
+			Help: "Data-plane requests served to peers, by route (blob, tag, health, unauthorized, other) and HTTP status.",
+		}, []string{"route", "code"}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "imgmesh_dataplane_bytes_sent_total",
+			Help: "Body bytes sent to peers by the data plane.",
+		}),
+	}
+	if reg != nil {
+		m.requests = register(reg, m.requests)
+		m.bytes = register(reg, m.bytes)
+	}
+	return m
+}
+
+func (m *metrics) observe(route string, rec *recorder) {
+	m.requests.WithLabelValues(route, strconv.Itoa(rec.code())).Inc()
+	m.bytes.Add(float64(rec.written))
+}
+
+// register registers c, or returns the equal collector already registered.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+	}
+	return c
+}
+
+// recorder captures the status and body size of a response. It forwards
+// ReadFrom so that http.ServeContent over an *os.File still uses sendfile.
+type recorder struct {
+	http.ResponseWriter
+	status  int
+	written int64
+}
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.written += int64(n)
+	return n, err
+}
+
+func (w *recorder) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := io.Copy(w.ResponseWriter, r) // uses the response's ReadFrom: sendfile
+	w.written += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *recorder) code() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
+}
+
+// jsonErrors turns the plain-text errors of http.ServeContent (416, 412)
+// into the data plane's JSON error bodies, and forwards ReadFrom.
+type jsonErrors struct {
+	http.ResponseWriter
+	failed bool
+}
+
+func (w *jsonErrors) WriteHeader(code int) {
+	if code < 400 {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	w.failed = true
+	fail(w.ResponseWriter, code, strings.ToLower(http.StatusText(code)))
+}
+
+func (w *jsonErrors) Write(p []byte) (int, error) {
+	if w.failed {
+		return len(p), nil // ServeContent's text message; JSON already sent
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *jsonErrors) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(w.ResponseWriter, r)
+}
+
+func (w *jsonErrors) Unwrap() http.ResponseWriter { return w.ResponseWriter }
