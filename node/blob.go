@@ -23,25 +23,21 @@ func (n *Node) Blob(ctx context.Context, name Name, d digest.Digest, head bool) 
 		if c, ok, err := n.localContent(ctx, name, d, head); err != nil || ok {
 			return c, err
 		}
-		if !n.mirrors(name) {
+		if !n.mirrors(name) && !n.meshed() {
 			return Content{}, fmt.Errorf("blob %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
 		}
 		if head && n.inflight(d) == nil {
-			size, err := n.up.StatBlob(ctx, name.NS, name.Repo, d)
-			if err != nil {
-				return Content{}, upstreamErr(fmt.Sprintf("blob %s@%s", name.Repo, d), err)
-			}
-			return Content{Digest: d, Size: size, Source: "upstream"}, nil
+			return n.statElsewhere(ctx, name, d)
 		}
 		dl := n.join(ctx, name, d)
 		if dl == nil {
 			continue // committed meanwhile: serve it from the store
 		}
-		size, err := dl.waitSize(ctx)
+		size, kind, err := dl.waitSize(ctx)
 		if err != nil {
 			return Content{}, err
 		}
-		c := Content{Digest: d, Size: size, Source: "upstream"}
+		c := Content{Digest: d, Size: size, Source: kind}
 		if !head {
 			c.Body = &follower{ctx: ctx, dl: dl, store: n.store}
 		}
@@ -108,4 +104,22 @@ func (n *Node) join(ctx context.Context, name Name, d digest.Digest) *download {
 		n.mu.Unlock()
 	}()
 	return dl
+}
+
+// statElsewhere answers a HEAD for a blob the node lacks without fetching
+// it: a holder in the fleet, else upstream.
+func (n *Node) statElsewhere(ctx context.Context, name Name, d digest.Digest) (Content, error) {
+	for _, h := range n.holders(ctx, d.String(), 1) {
+		if size, err := n.peers.Stat(ctx, h.DataURL, d); err == nil {
+			return Content{Digest: d, Size: size, Source: "peer"}, nil
+		}
+	}
+	if !n.mirrors(name) {
+		return Content{}, fmt.Errorf("blob %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
+	}
+	size, err := n.up.StatBlob(ctx, name.NS, name.Repo, d)
+	if err != nil {
+		return Content{}, upstreamErr(fmt.Sprintf("blob %s@%s", name.Repo, d), err)
+	}
+	return Content{Digest: d, Size: size, Source: "upstream"}, nil
 }

@@ -11,11 +11,10 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/imgmesh/imgmesh/blobstore"
-	"github.com/imgmesh/imgmesh/upstream"
 )
 
-// maxAttempts bounds how often one download asks upstream again after a
-// broken body (each retry resumes at the offset already written).
+// maxAttempts bounds how often one download asks upstream after a broken
+// body (each retry resumes at the offset already written).
 const maxAttempts = 3
 
 // download is one blob being fetched into the store. Followers read the bytes
@@ -25,7 +24,8 @@ type download struct {
 	cancel context.CancelFunc
 
 	mu      sync.Mutex
-	size    int64 // -1 until upstream said
+	size    int64  // -1 until the first source said
+	source  string // kind of the first source that answered
 	written int64
 	// committed: the blob verified and is in the store; read it there.
 	committed bool
@@ -47,9 +47,9 @@ func (dl *download) notifyLocked() {
 	dl.changed = make(chan struct{})
 }
 
-func (dl *download) setSize(size int64) {
+func (dl *download) setSize(size int64, source string) {
 	dl.mu.Lock()
-	dl.size = size
+	dl.size, dl.source = size, source
 	dl.notifyLocked()
 	dl.mu.Unlock()
 }
@@ -88,20 +88,23 @@ func (dl *download) state() snapshot {
 	return snapshot{dl.size, dl.written, dl.committed, dl.done, dl.err, dl.changed}
 }
 
-// waitSize waits until the blob's size is known or the download failed.
-func (dl *download) waitSize(ctx context.Context) (int64, error) {
+// waitSize waits until the blob's size is known or the download failed, and
+// tells which kind of source answered.
+func (dl *download) waitSize(ctx context.Context) (int64, string, error) {
 	for {
 		s := dl.state()
 		switch {
 		case s.err != nil:
-			return 0, s.err
+			return 0, "", s.err
 		case s.size >= 0:
-			return s.size, nil
+			dl.mu.Lock()
+			defer dl.mu.Unlock()
+			return s.size, dl.source, nil
 		}
 		select {
 		case <-s.changed:
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, "", ctx.Err()
 		}
 	}
 }
@@ -119,8 +122,10 @@ func (dl *download) readAt(p []byte, off int64) (int, error) {
 	return dl.w.ReadAt(p, off)
 }
 
-// fetch copies the blob from upstream into a store writer, resuming at the
-// written offset when the body breaks, and commits it once verified.
+// fetch copies the blob into a store writer from the first source that
+// answers (holders in the fleet, then upstream); when a source breaks
+// mid-body the next one continues at the offset already written. The blob is
+// committed, and so visible, only once its size and digest verified.
 func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	w, err := n.store.NewWriter(ctx)
 	if err != nil {
@@ -139,36 +144,58 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	}()
 
 	what := fmt.Sprintf("blob %s@%s", name.Repo, dl.d)
+	srcs := n.blobSources(ctx, name, dl.d)
 	size := int64(-1)
-	for attempt := 1; ; attempt++ {
-		off := w.Size()
-		body, total, err := n.up.Blob(ctx, name.NS, name.Repo, dl.d, off)
-		if err != nil {
-			n.m.upstreamRequests.WithLabelValues("blob", "error").Inc()
-			if attempt < maxAttempts && off > 0 && !errors.Is(err, upstream.ErrNotFound) && ctx.Err() == nil {
-				continue
+	var errs []sourceErr
+	upstreamRetries := 0
+	for len(srcs) > 0 && (size < 0 || w.Size() < size) {
+		r, failed := openFirst(ctx, srcs, w.Size())
+		errs = append(errs, failed...)
+		drop := map[int]bool{}
+		for _, f := range failed {
+			drop[f.i] = true
+			n.m.fetches.WithLabelValues(f.kind, "error").Inc()
+		}
+		if r.body == nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%s: %w", what, ctx.Err())
 			}
-			return upstreamErr(what, err)
+			srcs = without(srcs, drop)
+			continue
 		}
-		n.m.upstreamRequests.WithLabelValues("blob", "ok").Inc()
-		if size < 0 {
-			size = total
-			dl.setSize(size)
-		} else if total != size {
-			body.Close()
-			return fmt.Errorf("%s: %w: size changed from %d to %d", what, ErrUpstream, size, total)
+		src := srcs[r.i]
+		n.m.fetches.WithLabelValues(src.kind, "ok").Inc()
+		if size < 0 && r.total >= 0 {
+			size = r.total
+			dl.setSize(size, src.kind)
 		}
-		err = n.copyBody(ctx, dl, w, body, size)
-		body.Close()
-		if err == nil && w.Size() == size {
-			break
+		if r.total != size {
+			err = fmt.Errorf("size %d, want %d", r.total, size)
+		} else {
+			err = n.copyBody(ctx, dl, w, r.body, size, src.kind, r.cancel)
 		}
-		if err == nil {
+		r.body.Close()
+		r.cancel()
+		if err == nil && w.Size() < size {
 			err = io.ErrUnexpectedEOF
 		}
-		if attempt >= maxAttempts || ctx.Err() != nil {
-			return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
+		if err == nil {
+			break
 		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w: %v", what, ctx.Err(), err)
+		}
+		errs = append(errs, sourceErr{r.i, src.kind, fmt.Errorf("%s: %w", src.from, err)})
+		n.log.Debug("source broke, trying the next", "digest", dl.d, "source", src.kind, "from", src.from, "offset", w.Size(), "err", err)
+		if src.kind == "upstream" && upstreamRetries < maxAttempts-1 {
+			upstreamRetries++
+		} else {
+			drop[r.i] = true
+		}
+		srcs = without(srcs, drop)
+	}
+	if size < 0 || w.Size() != size {
+		return classify(what, errs)
 	}
 
 	dl.wmu.Lock()
@@ -190,8 +217,8 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 
 // copyBody writes body into w, telling followers after every chunk. A body
 // that stalls for IdleTimeout, or runs past size, fails.
-func (n *Node) copyBody(ctx context.Context, dl *download, w blobstore.Writer, body io.Reader, size int64) error {
-	stalled := time.AfterFunc(n.opts.IdleTimeout, dl.cancel)
+func (n *Node) copyBody(ctx context.Context, dl *download, w blobstore.Writer, body io.Reader, size int64, kind string, abort context.CancelFunc) error {
+	stalled := time.AfterFunc(n.opts.IdleTimeout, abort)
 	defer stalled.Stop()
 	buf := make([]byte, 256<<10)
 	limited := io.LimitReader(body, size-w.Size()+1)
@@ -205,16 +232,13 @@ func (n *Node) copyBody(ctx context.Context, dl *download, w blobstore.Writer, b
 			if _, err := w.Write(buf[:k]); err != nil {
 				return err
 			}
-			n.m.upstreamBytes.Add(float64(k))
+			n.m.fetchedBytes.WithLabelValues(kind).Add(float64(k))
 			dl.advance(w.Size())
 		}
 		if rerr == io.EOF {
 			return nil
 		}
 		if rerr != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("%w (no byte for %s or shutdown)", ctx.Err(), n.opts.IdleTimeout)
-			}
 			return rerr
 		}
 	}

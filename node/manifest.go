@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/p2p"
 	"github.com/imgmesh/imgmesh/upstream"
 )
 
@@ -58,10 +59,37 @@ func (n *Node) resolveTag(ctx context.Context, name Name, tag string) (digest.Di
 		}
 	}
 	d, err := n.store.Resolve(ctx, key, tag)
-	if err != nil {
-		return "", fmt.Errorf("manifest %s:%s: %w", name.Repo, tag, err)
+	if err == nil {
+		return d, nil
 	}
-	return d, nil
+	if !errors.Is(err, blobstore.ErrNotFound) {
+		return "", err
+	}
+	if d, ok := n.tagFromPeers(ctx, name, tag); ok {
+		return d, nil
+	}
+	return "", fmt.Errorf("manifest %s:%s: %w", name.Repo, tag, err)
+}
+
+// tagFromPeers asks holders of the tag key what it points at: a tag pushed
+// to one node resolves on every node, with no upstream at all. The digest is
+// only a pointer: the manifest it names is verified when fetched.
+func (n *Node) tagFromPeers(ctx context.Context, name Name, tag string) (digest.Digest, bool) {
+	key := n.Key(name)
+	for _, h := range n.holders(ctx, p2p.TagKey(key, tag), n.opts.MaxHolders) {
+		d, err := n.peers.Tag(ctx, h.DataURL, key, tag)
+		if err != nil || blobstore.CheckDigest(d) != nil {
+			continue
+		}
+		if _, err := n.manifestByDigest(ctx, name, d); err != nil {
+			continue
+		}
+		if err := n.store.Tag(ctx, key, tag, d); err != nil {
+			n.log.Warn("keep tag from peer", "repo", key, "tag", tag, "err", err)
+		}
+		return d, true
+	}
+	return "", false
 }
 
 // ensureManifest makes sure manifest d is in the store for name.
@@ -73,8 +101,10 @@ func (n *Node) ensureManifest(ctx context.Context, name Name, d digest.Digest) e
 	return err
 }
 
-// manifestByDigest serves d from the store, adopting content another
-// repository of a mirrored registry already holds, else fetches it upstream.
+// manifestByDigest serves d from the store (adopting content another
+// repository of a mirrored registry already holds), else from a holder in
+// the fleet, else from upstream. What comes from elsewhere is verified and
+// stored before it is served.
 func (n *Node) manifestByDigest(ctx context.Context, name Name, d digest.Digest) (Manifest, error) {
 	if err := blobstore.CheckDigest(d); err != nil {
 		return Manifest{}, err
@@ -87,17 +117,25 @@ func (n *Node) manifestByDigest(ctx context.Context, name Name, d digest.Digest)
 	if !errors.Is(err, blobstore.ErrNotFound) {
 		return Manifest{}, err
 	}
+	if n.mirrors(name) {
+		if b, ok, err := n.localBlob(ctx, name, d); err != nil {
+			return Manifest{}, err
+		} else if ok {
+			body, err := readAllLimited(b, MaxManifestSize)
+			b.Close()
+			if err == nil {
+				return n.putManifest(ctx, key, d, "", body)
+			}
+		}
+	}
+	if body, ok := n.manifestFromPeers(ctx, d); ok {
+		if err := n.storeBytes(ctx, d, body); err != nil {
+			return Manifest{}, err
+		}
+		return n.putManifest(ctx, key, d, "", body)
+	}
 	if !n.mirrors(name) {
 		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
-	}
-	if b, ok, err := n.localBlob(ctx, name, d); err != nil {
-		return Manifest{}, err
-	} else if ok {
-		body, err := readAllLimited(b, MaxManifestSize)
-		b.Close()
-		if err == nil {
-			return n.putManifest(ctx, key, d, "", body)
-		}
 	}
 	m, err := n.up.Manifest(ctx, name.NS, name.Repo, d.String(), false)
 	if err != nil {
@@ -112,6 +150,24 @@ func (n *Node) manifestByDigest(ctx context.Context, name Name, d digest.Digest)
 		return Manifest{}, err
 	}
 	return n.putManifest(ctx, key, d, m.MediaType, m.Body)
+}
+
+// manifestFromPeers reads manifest d from a holder in the fleet, verified.
+func (n *Node) manifestFromPeers(ctx context.Context, d digest.Digest) ([]byte, bool) {
+	for _, h := range n.holders(ctx, d.String(), n.opts.MaxHolders) {
+		body, _, err := n.peers.Blob(ctx, h.DataURL, d, 0)
+		if err != nil {
+			continue
+		}
+		b, err := readAllLimited(body, MaxManifestSize)
+		body.Close()
+		if err == nil && blobstore.Verify(b, -1, d) == nil {
+			n.m.fetches.WithLabelValues("peer", "ok").Inc()
+			return b, true
+		}
+		n.m.fetches.WithLabelValues("peer", "error").Inc()
+	}
+	return nil, false
 }
 
 // putManifest indexes stored manifest bytes under key.

@@ -39,15 +39,33 @@ type Options struct {
 	// Default 30s.
 	IdleTimeout time.Duration
 	Registerer  prometheus.Registerer
+
+	// Router and Peers make the node part of a fleet: content is looked up
+	// among the fleet's holders before upstream. Both nil: a lone node.
+	Router Router
+	Peers  Peers
+	// LookupTimeout bounds asking the fleet who holds a key (default 20ms:
+	// on a LAN the DHT answers in a few; a miss must stay cheap).
+	LookupTimeout time.Duration
+	// MaxHolders is how many holders a lookup asks for (default 3).
+	MaxHolders int
+	// HedgeDelay: when a holder has not answered within it, the next holder
+	// is asked as well (default 50ms). UpstreamHedgeDelay is the same before
+	// also asking upstream while holders are silent (default 2s).
+	HedgeDelay, UpstreamHedgeDelay time.Duration
 }
 
 // Node is the fetch policy of one device: local store, then upstream.
 type Node struct {
-	store blobstore.Store
-	up    Upstream
-	log   *slog.Logger
+	store  blobstore.Store
+	up     Upstream
+	router Router
+	peers  Peers
+	log    *slog.Logger
 	opts  Options
 	m     *metrics
+
+	announcer *announcer // nil when not in a fleet
 
 	mu        sync.Mutex
 	downloads map[digest.Digest]*download
@@ -55,7 +73,8 @@ type Node struct {
 	wg        sync.WaitGroup
 }
 
-// New returns a Node. It starts no goroutine until a download begins.
+// New returns a Node. In a fleet (Router set) it starts one goroutine that
+// announces the store's content; otherwise none until a download begins.
 func New(opts Options) *Node {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -66,14 +85,36 @@ func New(opts Options) *Node {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 30 * time.Second
 	}
-	return &Node{
+	if opts.LookupTimeout <= 0 {
+		opts.LookupTimeout = 20 * time.Millisecond
+	}
+	if opts.MaxHolders <= 0 {
+		opts.MaxHolders = 3
+	}
+	if opts.HedgeDelay <= 0 {
+		opts.HedgeDelay = 50 * time.Millisecond
+	}
+	if opts.UpstreamHedgeDelay <= 0 {
+		opts.UpstreamHedgeDelay = 2 * time.Second
+	}
+	n := &Node{
 		store:     opts.Store,
 		up:        opts.Upstream,
+		router:    opts.Router,
+		peers:     opts.Peers,
 		log:       opts.Logger,
 		opts:      opts,
 		m:         newMetrics(opts.Registerer),
 		downloads: map[digest.Digest]*download{},
 	}
+	if n.router != nil {
+		ctx, stop := context.WithCancel(context.Background())
+		n.announcer = &announcer{router: n.router, store: opts.Store, n: n,
+			wake: make(chan struct{}, 1), stop: stop, done: make(chan struct{})}
+		n.store = advertiser{Store: opts.Store, a: n.announcer}
+		go n.announcer.run(ctx)
+	}
+	return n
 }
 
 // Close aborts downloads in flight and waits for them to end.
@@ -85,6 +126,10 @@ func (n *Node) Close() error {
 	}
 	n.mu.Unlock()
 	n.wg.Wait()
+	if n.announcer != nil {
+		n.announcer.stop()
+		<-n.announcer.done
+	}
 	return nil
 }
 
@@ -114,6 +159,9 @@ func (n *Node) mirrors(name Name) bool {
 	_, err := n.up.Resolve(name.NS)
 	return err == nil
 }
+
+// meshed reports whether the node can ask the fleet for content.
+func (n *Node) meshed() bool { return n.router != nil && n.peers != nil }
 
 // localBlob opens d for name if the store has it and name may see it.
 func (n *Node) localBlob(ctx context.Context, name Name, d digest.Digest) (blobstore.Blob, bool, error) {

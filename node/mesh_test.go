@@ -1,0 +1,254 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/dataplane"
+	"github.com/imgmesh/imgmesh/node"
+	"github.com/imgmesh/imgmesh/p2p"
+	"github.com/imgmesh/imgmesh/upstream"
+)
+
+// member is one node of an in-process fleet: real file store, real data
+// plane over HTTP, in-memory content routing.
+type member struct {
+	n     *node.Node
+	store blobstore.Store
+	plane *httptest.Server
+	cut   atomic.Int64 // >0: the data plane drops connections after this many body bytes
+}
+
+// newFleet starts size nodes sharing one MemoryNetwork; o (may be nil) is
+// every node's upstream.
+func newFleet(t *testing.T, o *origin, size int) []*member {
+	t.Helper()
+	net := p2p.NewMemoryNetwork()
+	peers := dataplane.NewClient(dataplane.ClientOptions{})
+	t.Cleanup(peers.CloseIdleConnections)
+	var fleet []*member
+	for i := range size {
+		m := &member{}
+		store, err := blobstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := node.Options{Store: store, Peers: peers, LookupTimeout: time.Second, IdleTimeout: 5 * time.Second}
+		if o != nil {
+			up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts.Upstream = up
+		}
+		var plane http.Handler
+		m.plane = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if cut := m.cut.Load(); cut > 0 {
+				w = &cutter{ResponseWriter: w, left: cut}
+			}
+			plane.ServeHTTP(w, r)
+		}))
+		opts.Router = net.NewRouter(string(rune('a'+i)), m.plane.URL)
+		m.n = node.New(opts)
+		m.store = m.n.Store()
+		plane = dataplane.NewServer(dataplane.ServerOptions{Store: m.store})
+		t.Cleanup(func() {
+			m.plane.Close()
+			m.n.Close()
+			store.Close()
+		})
+		fleet = append(fleet, m)
+	}
+	return fleet
+}
+
+// cutter drops the connection after left body bytes: a peer dying mid-transfer.
+type cutter struct {
+	http.ResponseWriter
+	left int64
+}
+
+func (c *cutter) Write(p []byte) (int, error) {
+	if int64(len(p)) > c.left {
+		c.ResponseWriter.Write(p[:c.left])
+		panic(http.ErrAbortHandler)
+	}
+	c.left -= int64(len(p))
+	return c.ResponseWriter.Write(p)
+}
+
+// waitAdvertised polls until a lookup from m finds a holder of key.
+func waitAdvertised(t *testing.T, n *node.Node, name node.Name, d digest.Digest) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := n.Blob(context.Background(), name, d, true); err == nil && c.Source == "peer" {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no holder of %s announced itself within 5s", d)
+}
+
+func TestFleetFetchesFromHolders(t *testing.T) {
+	o := newOrigin(t)
+	img, layers := pushImage(t, o, "team/app", "v1", 2<<20, 3000)
+	fleet := newFleet(t, o, 4)
+	ctx := context.Background()
+	name := node.Name{NS: ns, Repo: "team/app"}
+	want, _ := img.Digest()
+
+	if _, err := fleet[0].n.Manifest(ctx, name, "v1", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		d, _ := l.Digest()
+		if _, _, err := readBlob(ctx, fleet[0].n, "team/app", digest.Digest(d.String())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o.down.Store(true) // from now on only the fleet has the image
+	for _, l := range layers {
+		d, _ := l.Digest()
+		waitAdvertised(t, fleet[1].n, name, digest.Digest(d.String()))
+	}
+	for i, m := range fleet[1:] {
+		man, err := m.n.Manifest(ctx, name, digest.Digest(want.String()).String(), false)
+		if err != nil {
+			t.Fatalf("node %d manifest by digest from the fleet: %v", i+1, err)
+		}
+		if man.Digest.String() != want.String() {
+			t.Fatalf("node %d got manifest %s", i+1, man.Digest)
+		}
+		for _, l := range layers {
+			d, _ := l.Digest()
+			got, c, err := readBlob(ctx, m.n, "team/app", digest.Digest(d.String()))
+			if err != nil {
+				t.Fatalf("node %d blob %s: %v", i+1, d, err)
+			}
+			if c.Source != "peer" || !bytes.Equal(got, layerBytes(t, l)) {
+				t.Fatalf("node %d blob %s: source %s, correct bytes %v", i+1, d, c.Source, bytes.Equal(got, layerBytes(t, l)))
+			}
+		}
+	}
+	for _, l := range layers {
+		d, _ := l.Digest()
+		if g := o.gets(d); g != 1 {
+			t.Errorf("upstream served %s %d times to a fleet of 4, want once", d, g)
+		}
+	}
+}
+
+func TestHolderDiesMidTransferResumes(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 4<<20)
+	fleet := newFleet(t, o, 2)
+	ctx := context.Background()
+	name := node.Name{NS: ns, Repo: "team/app"}
+	d, _ := layers[0].Digest()
+	dd := digest.Digest(d.String())
+	if _, _, err := readBlob(ctx, fleet[0].n, "team/app", dd); err != nil {
+		t.Fatal(err)
+	}
+	waitAdvertised(t, fleet[1].n, name, dd)
+	fleet[0].cut.Store(1 << 20) // the holder breaks after 1 MiB
+
+	got, _, err := readBlob(ctx, fleet[1].n, "team/app", dd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, layerBytes(t, layers[0])) {
+		t.Fatal("wrong bytes after the holder died mid-transfer")
+	}
+	if g := o.gets(d); g < 2 {
+		t.Fatalf("upstream GETs = %d: the resume did not go upstream", g)
+	}
+	if o.rangeGets() != 1 {
+		t.Fatalf("the resume did not continue at the offset already received (ranged GETs = %d)", o.rangeGets())
+	}
+}
+
+func TestTagPushedToOneNodeResolvesOnAnother(t *testing.T) {
+	fleet := newFleet(t, nil, 2) // no upstream anywhere
+	ctx := context.Background()
+	a := fleet[0].store
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`)
+	d := digest.FromBytes(body)
+	w, _ := a.NewWriter(ctx)
+	w.Write(body)
+	if _, err := w.Commit(ctx, int64(len(body)), d); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := blobstore.ParseManifest(body, "", d)
+	if err := a.PutManifest(ctx, "ci/app", rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Tag(ctx, "ci/app", "release", d); err != nil {
+		t.Fatal(err)
+	}
+
+	name := node.Name{Repo: "ci/app"}
+	deadline := time.Now().Add(5 * time.Second)
+	var m node.Manifest
+	var err error
+	for time.Now().Before(deadline) {
+		if m, err = fleet[1].n.Manifest(ctx, name, "release", false); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("tag pushed to node A not resolvable on node B: %v", err)
+	}
+	if m.Digest != d || !bytes.Equal(m.Body, body) {
+		t.Fatalf("node B resolved release to %s", m.Digest)
+	}
+}
+
+func TestDeadAndSilentHoldersFallBackToUpstream(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 1<<20)
+	d, _ := layers[0].Digest()
+	dd := digest.Digest(d.String())
+
+	silent, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadURL := "http://" + dead.Addr().String()
+	dead.Close() // refuses
+
+	mesh := p2p.NewMemoryNetwork()
+	ctx := context.Background()
+	for i, url := range []string{deadURL, "http://" + silent.Addr().String()} {
+		r := mesh.NewRouter(string(rune('x'+i)), url)
+		if err := r.Advertise(ctx, dd.String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store := blobstore.NewMemory()
+	up, _ := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
+	n := node.New(node.Options{Store: store, Upstream: up, Router: mesh.NewRouter("me", ""),
+		Peers: dataplane.NewClient(dataplane.ClientOptions{}), UpstreamHedgeDelay: 100 * time.Millisecond})
+	defer n.Close()
+
+	got, c, err := readBlob(ctx, n, "team/app", dd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Source != "upstream" || !bytes.Equal(got, layerBytes(t, layers[0])) {
+		t.Fatalf("source %s", c.Source)
+	}
+}
