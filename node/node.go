@@ -62,8 +62,8 @@ type Node struct {
 	router Router
 	peers  Peers
 	log    *slog.Logger
-	opts  Options
-	m     *metrics
+	opts   Options
+	m      *metrics
 
 	announcer *announcer // nil when not in a fleet
 
