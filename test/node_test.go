@@ -47,7 +47,7 @@ func startNode(t *testing.T, dataDir string, extra ...string) *imgmeshNode {
 		addr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		dataDir: dataDir,
 	}
-	n.args = append([]string{"serve", "--data-dir", dataDir, "--listen", n.addr,
+	n.args = append([]string{"serve", "--mesh=false", "--data-dir", dataDir, "--listen", n.addr,
 		"--log-format", "json", "--log-level", "debug", "--tag-timeout", "1s"}, extra...)
 	n.start(t)
 	return n

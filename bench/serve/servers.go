@@ -32,7 +32,7 @@ func startNode(ctx context.Context, ps *procs, bin, name, dir, upstream string) 
 	if upstream != "" {
 		up = upstream
 	}
-	p, err := ps.start(name, dir+".log", bin, "serve",
+	p, err := ps.start(name, dir+".log", bin, "serve", "--mesh=false",
 		"--data-dir", dir, "--listen", "127.0.0.1:"+strconv.Itoa(port),
 		"--upstream", up, "--restrict-upstreams", "--log-level", "warn")
 	if err != nil {

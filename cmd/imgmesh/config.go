@@ -29,6 +29,7 @@ type Config struct {
 	DockerConfig      string        `yaml:"docker_config"`
 	LogLevel          string        `yaml:"log_level"`
 	LogFormat         string        `yaml:"log_format"`
+	MeshConfig        `yaml:",inline"`
 }
 
 // Upstream is one origin registry: the name a client means (containerd's
@@ -56,6 +57,7 @@ func defaultConfig(lookupEnv func(string) (string, bool)) Config {
 		DockerConfig: defaultDockerConfig(lookupEnv),
 		LogLevel:     "info",
 		LogFormat:    "text",
+		MeshConfig:   defaultMesh(),
 	}
 }
 
@@ -82,6 +84,7 @@ type serveFlags struct {
 	dockerConfig string
 	logLevel     string
 	logFormat    string
+	mesh         MeshConfig
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet) {
@@ -94,6 +97,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.dockerConfig, "docker-config", "", "docker config.json with upstream credentials (env IMGMESH_DOCKER_CONFIG) (default $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (env IMGMESH_LOG_LEVEL)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json (env IMGMESH_LOG_FORMAT)")
+	f.mesh.register(fs)
 }
 
 // loadConfig merges defaults, the config file, the environment and the flags
@@ -167,7 +171,7 @@ func (c *Config) applyEnv(lookupEnv func(string) (string, bool)) error {
 		}
 		c.TagTimeout = d
 	}
-	return nil
+	return c.MeshConfig.applyEnv(lookupEnv)
 }
 
 func (c *Config) applyFlags(fs *pflag.FlagSet, f *serveFlags) error {
@@ -199,6 +203,7 @@ func (c *Config) applyFlags(fs *pflag.FlagSet, f *serveFlags) error {
 	if fs.Changed("log-format") {
 		c.LogFormat = f.logFormat
 	}
+	c.MeshConfig.applyFlags(fs, &f.mesh)
 	return nil
 }
 
@@ -248,7 +253,7 @@ func (c *Config) validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log format %q: want text or json", c.LogFormat)
 	}
-	return nil
+	return c.MeshConfig.validate()
 }
 
 func validateListen(addr string) error {

@@ -99,6 +99,21 @@ log_format: json
 			want: func(c *Config) {},
 		},
 		{
+			name: "mesh settings from env, flags winning",
+			env: map[string]string{"HOME": "/home/u", "IMGMESH_JOIN": "10.0.0.1:7946, 10.0.0.2:7946",
+				"IMGMESH_MDNS": "false", "IMGMESH_LABELS": "zone=a,line=3", "IMGMESH_LOOKUP_TIMEOUT": "40ms",
+				"IMGMESH_FLEET_KEY": "/env/fleet.key"},
+			args: []string{"--join", "10.0.0.9:7946", "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--fleet-key", "/flag/fleet.key"},
+			want: func(c *Config) {
+				c.Join = []string{"10.0.0.9:7946"}
+				c.MDNS = false
+				c.Labels = map[string]string{"zone": "a", "line": "3"}
+				c.LookupTimeout = 40 * time.Millisecond
+				c.P2PListen = []string{"/ip4/127.0.0.1/tcp/0"}
+				c.FleetKey = "/flag/fleet.key"
+			},
+		},
+		{
 			name: "DOCKER_CONFIG sets the default credentials file",
 			env:  map[string]string{"HOME": "/home/u", "DOCKER_CONFIG": "/etc/dc"},
 			want: func(c *Config) { c.DockerConfig = "/etc/dc/config.json" },
@@ -184,6 +199,7 @@ log_format: json
 			if tt.base != nil {
 				want = *tt.base
 				want.Upstreams = append([]Upstream(nil), tt.base.Upstreams...)
+				want.MeshConfig = defaultMesh()
 			}
 			tt.want(&want)
 			got, err := parseServe(t, tt.env, tt.args...)

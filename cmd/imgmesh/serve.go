@@ -18,7 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/imgmesh/imgmesh/admin"
 	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/dataplane"
 	"github.com/imgmesh/imgmesh/node"
 	"github.com/imgmesh/imgmesh/registryapi"
 	"github.com/imgmesh/imgmesh/upstream"
@@ -64,6 +66,14 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	opts := node.Options{Store: store, Logger: log, TagTimeout: cfg.TagTimeout, Registerer: reg}
+	var m *mesh
+	if cfg.Mesh {
+		if m, err = startMesh(ctx, cfg, log, reg); err != nil {
+			return err
+		}
+		defer m.close()
+		opts.Router, opts.Peers, opts.LookupTimeout = m.host, m.peers, cfg.LookupTimeout
+	}
 	if len(cfg.Upstreams) > 0 {
 		up, err := upstream.New(upstream.Options{
 			Registries:   cfg.registries(),
@@ -80,16 +90,42 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	}
 	n := node.New(opts)
 	defer n.Close()
+	if m != nil {
+		m.serveData(dataplane.NewServer(dataplane.ServerOptions{Store: n.Store(), Key: m.dataKey(), Logger: log, Registerer: reg}))
+	}
 
 	api := registryapi.New(registryapi.Options{
-		Source: n, Store: store, Logger: log,
+		Source: n, Store: n.Store(), Logger: log,
 		Registerer: reg, Gatherer: reg, MaxManifestSize: maxManifestSize,
 	})
 	if c, ok := api.(io.Closer); ok {
 		defer c.Close() // cancels upload sessions still open
 	}
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/", admin.Handler(admin.Options{
+		Status: func(ctx context.Context) (admin.Status, error) {
+			st := admin.Status{Version: version, FleetSize: 1}
+			if m != nil {
+				st.PeerID, st.P2PAddrs, st.FleetSize = m.host.ID(), m.host.Addrs(), m.size()
+				if m.fleet != nil {
+					st.NodeName = m.fleet.LocalName()
+				}
+			}
+			var err error
+			st.StoreBytes, st.StoreBlobs, err = store.Usage(ctx)
+			return st, err
+		},
+		Peers: func() []admin.Peer {
+			if m == nil {
+				return nil
+			}
+			return m.members()
+		},
+		Gatherer: reg,
+	}))
+	mux.Handle("/", api)
 	srv := &http.Server{
-		Handler:           api,
+		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -68,7 +68,7 @@ func startServe(t *testing.T, args ...string) *runningNode {
 		ctx: ctx, stdout: io.Discard, stderr: n.stderr,
 		lookupEnv: mapEnv(map[string]string{"HOME": t.TempDir()}), now: time.Now,
 	}
-	go func() { n.done <- c.run(append([]string{"serve", "--log-format", "json"}, args...)) }()
+	go func() { n.done <- c.run(append([]string{"serve", "--mesh=false", "--log-format", "json"}, args...)) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -279,7 +279,7 @@ func TestServeBusyPort(t *testing.T) {
 	}
 	defer ln.Close()
 	dataDir := filepath.Join(t.TempDir(), "data")
-	code, _, stderr := runCLI(t, nil, "serve", "--listen", ln.Addr().String(), "--data-dir", dataDir, "--upstream", "none")
+	code, _, stderr := runCLI(t, nil, "serve", "--mesh=false", "--listen", ln.Addr().String(), "--data-dir", dataDir, "--upstream", "none")
 	if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "imgmesh: listen:") {
 		t.Fatalf("exit %d, stderr %q; want 1 and one 'listen' line", code, stderr)
 	}
