@@ -17,6 +17,17 @@ import (
 // the node's own downloads go through it alike.
 func (n *Node) Store() blobstore.Store { return n.store }
 
+// waitAnnounced waits (at most AnnounceWait) until what the node committed
+// so far was announced: once a client has content, the fleet can find it.
+func (n *Node) waitAnnounced(ctx context.Context) {
+	if n.announcer == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.opts.AnnounceWait)
+	defer cancel()
+	n.announcer.wait(ctx)
+}
+
 // advertiser decorates a store with announcements to the fleet.
 type advertiser struct {
 	blobstore.Store
@@ -88,6 +99,9 @@ type announcer struct {
 	mu      sync.Mutex
 	adds    []string
 	removes []string
+	queued  uint64        // adds queued so far
+	flushed uint64        // adds handed to the router so far
+	round   chan struct{} // closed and replaced after each round
 	wake    chan struct{}
 	stop    context.CancelFunc
 	done    chan struct{}
@@ -96,8 +110,33 @@ type announcer struct {
 func (a *announcer) add(key string) {
 	a.mu.Lock()
 	a.adds = append(a.adds, key)
+	a.queued++
 	a.mu.Unlock()
 	a.poke()
+}
+
+// wait blocks until everything added so far was handed to the router, or
+// ctx ends. A download uses it so that a client holding a blob means the
+// fleet can find it.
+func (a *announcer) wait(ctx context.Context) {
+	a.mu.Lock()
+	target := a.queued
+	a.mu.Unlock()
+	for {
+		a.mu.Lock()
+		flushed, round := a.flushed, a.round
+		a.mu.Unlock()
+		if flushed >= target {
+			return
+		}
+		select {
+		case <-round:
+		case <-ctx.Done():
+			return
+		case <-a.done:
+			return
+		}
+	}
 }
 
 func (a *announcer) remove(key string) {
@@ -125,7 +164,7 @@ func (a *announcer) run(ctx context.Context) {
 		case <-a.wake:
 		}
 		a.mu.Lock()
-		adds, removes := a.adds, a.removes
+		adds, removes, upto := a.adds, a.removes, a.queued
 		a.adds, a.removes = nil, nil
 		a.mu.Unlock()
 		if len(removes) > 0 {
@@ -138,6 +177,11 @@ func (a *announcer) run(ctx context.Context) {
 				a.n.log.Warn("advertise to fleet", "keys", len(adds), "err", err)
 			}
 		}
+		a.mu.Lock()
+		a.flushed = upto
+		close(a.round)
+		a.round = make(chan struct{})
+		a.mu.Unlock()
 	}
 }
 

@@ -200,10 +200,7 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 
 	dl.wmu.Lock()
 	_, err = w.Commit(ctx, size, dl.d)
-	dl.w = nil
-	if err == nil {
-		dl.markCommitted()
-	}
+	dl.w = nil // followers now wait for markCommitted
 	dl.wmu.Unlock()
 	if err != nil {
 		return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
@@ -211,6 +208,8 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	if err := n.store.Link(ctx, n.Key(name), dl.d); err != nil {
 		return fmt.Errorf("%s: link: %w", what, err)
 	}
+	n.waitAnnounced(ctx)
+	dl.markCommitted()
 	n.m.downloads.Inc()
 	return nil
 }

@@ -49,6 +49,9 @@ type Options struct {
 	LookupTimeout time.Duration
 	// MaxHolders is how many holders a lookup asks for (default 3).
 	MaxHolders int
+	// AnnounceWait bounds how long a finished download waits for its
+	// announcement to the fleet before releasing its last byte (default 1s).
+	AnnounceWait time.Duration
 	// HedgeDelay: when a holder has not answered within it, the next holder
 	// is asked as well (default 50ms). UpstreamHedgeDelay is the same before
 	// also asking upstream while holders are silent (default 2s).
@@ -88,6 +91,9 @@ func New(opts Options) *Node {
 	if opts.LookupTimeout <= 0 {
 		opts.LookupTimeout = 20 * time.Millisecond
 	}
+	if opts.AnnounceWait <= 0 {
+		opts.AnnounceWait = time.Second
+	}
 	if opts.MaxHolders <= 0 {
 		opts.MaxHolders = 3
 	}
@@ -110,7 +116,7 @@ func New(opts Options) *Node {
 	if n.router != nil {
 		ctx, stop := context.WithCancel(context.Background())
 		n.announcer = &announcer{router: n.router, store: opts.Store, n: n,
-			wake: make(chan struct{}, 1), stop: stop, done: make(chan struct{})}
+			wake: make(chan struct{}, 1), round: make(chan struct{}), stop: stop, done: make(chan struct{})}
 		n.store = advertiser{Store: opts.Store, a: n.announcer}
 		go n.announcer.run(ctx)
 	}
