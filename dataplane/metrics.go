@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imgmesh/imgmesh/internal/httpx"
 )
 
 // metrics of the data-plane server. A collector already registered on the
@@ -35,9 +37,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-func (m *metrics) observe(route string, rec *recorder) {
-	m.requests.WithLabelValues(route, strconv.Itoa(rec.code())).Inc()
-	m.bytes.Add(float64(rec.written))
+func (m *metrics) observe(route string, rec *httpx.Recorder) {
+	m.requests.WithLabelValues(route, strconv.Itoa(rec.Status())).Inc()
+	m.bytes.Add(float64(rec.Written()))
 }
 
 // register registers c, or returns the equal collector already registered.
@@ -51,49 +53,6 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 		}
 	}
 	return c
-}
-
-// recorder captures the status and body size of a response. It forwards
-// ReadFrom so that http.ServeContent over an *os.File still uses sendfile.
-type recorder struct {
-	http.ResponseWriter
-	status  int
-	written int64
-}
-
-func (w *recorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *recorder) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(p)
-	w.written += int64(n)
-	return n, err
-}
-
-func (w *recorder) ReadFrom(r io.Reader) (int64, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := io.Copy(w.ResponseWriter, r) // uses the response's ReadFrom: sendfile
-	w.written += n
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *recorder) code() int {
-	if w.status == 0 {
-		return http.StatusOK
-	}
-	return w.status
 }
 
 // jsonErrors turns the plain-text errors of http.ServeContent (416, 412)

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/internal/httpx"
 )
 
 // Routes, relative to a peer's data-plane base URL.
@@ -76,7 +77,7 @@ func NewServer(opts ServerOptions) http.Handler {
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rec := &recorder{ResponseWriter: w}
+	rec := httpx.NewRecorder(w)
 	route := s.serve(rec, r)
 	s.m.observe(route, rec)
 }

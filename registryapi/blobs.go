@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/internal/httpx"
 	"github.com/imgmesh/imgmesh/node"
 )
 
@@ -73,9 +74,9 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, c node.Conten
 		source = "unknown"
 	}
 	var before int64
-	rec, _ := w.(*recorder)
+	rec, _ := w.(*httpx.Recorder)
 	if rec != nil {
-		before = rec.written
+		before = rec.Written()
 	}
 	var body io.ReadSeeker = c.Body
 	var guard *readGuard
@@ -85,7 +86,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, c node.Conten
 	}
 	http.ServeContent(w, r, "", time.Time{}, body)
 	if rec != nil {
-		s.m.bytes.WithLabelValues(source).Add(float64(rec.written - before))
+		s.m.bytes.WithLabelValues(source).Add(float64(rec.Written() - before))
 	}
 	if guard != nil && guard.err != nil {
 		s.log.LogAttrs(r.Context(), slog.LevelWarn, "blob read failed mid-response; aborting",

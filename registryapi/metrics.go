@@ -2,9 +2,6 @@ package registryapi
 
 import (
 	"errors"
-	"io"
-	"net/http"
-	"strconv"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,53 +81,4 @@ func (m *metrics) blobServed(source string) {
 	}
 	m.hitRatio.Set(m.local / m.blobTotal)
 	m.mu.Unlock()
-}
-
-// recorder captures the status and body size of a response. It forwards
-// ReadFrom so that http.ServeContent over an *os.File still uses sendfile.
-type recorder struct {
-	http.ResponseWriter
-	status  int
-	written int64
-}
-
-func (w *recorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *recorder) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(p)
-	w.written += int64(n)
-	return n, err
-}
-
-func (w *recorder) ReadFrom(r io.Reader) (int64, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	var n int64
-	var err error
-	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(r)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{w.ResponseWriter}, r)
-	}
-	w.written += n
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *recorder) code() string {
-	if w.status == 0 {
-		return "200"
-	}
-	return strconv.Itoa(w.status)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/internal/httpx"
 	"github.com/imgmesh/imgmesh/node"
 )
 
@@ -99,11 +100,11 @@ func (s *Server) Close() error {
 // ServeHTTP records metrics and an access log line around dispatch.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rec := &recorder{ResponseWriter: w}
+	rec := httpx.NewRecorder(w)
 	routeLabel := "unknown"
 	defer func() {
 		p := recover()
-		code := rec.code()
+		code := strconv.Itoa(rec.Status())
 		if p != nil {
 			code = "aborted"
 		}
@@ -113,7 +114,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.LogAttrs(r.Context(), slog.LevelDebug, "request",
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.String("route", routeLabel), slog.String("status", code),
-			slog.Int64("bytes", rec.written), slog.Duration("duration", d))
+			slog.Int64("bytes", rec.Written()), slog.Duration("duration", d))
 		if p != nil {
 			panic(p)
 		}
