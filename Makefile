@@ -11,7 +11,7 @@ FUZZTIME    ?= 20s
 CONFORMANCE_PKG     := github.com/opencontainers/distribution-spec/conformance
 CONFORMANCE_VERSION := v0.0.0-20260831232431-97274622c111
 
-.PHONY: all build run test bench bench-go fuzz vet fmt fmt-check clean
+.PHONY: all build run test bench bench-mesh bench-go fuzz vet fmt fmt-check clean
 
 all: build
 
@@ -35,6 +35,12 @@ test: $(BIN)/conformance fmt-check vet
 ## nginx, on 127.0.0.1 (bench/serve; e.g. BENCH_ARGS="-size 256MiB -runs 3")
 bench: build
 	$(GO) run ./bench/serve -imgmesh $(BIN)/imgmesh $(BENCH_ARGS)
+	$(GO) run ./bench/mesh -imgmesh $(BIN)/imgmesh $(MESH_ARGS)
+
+## bench-mesh: peer transfer, miss and lookup latency of a fleet on 127.0.0.1
+## (bench/mesh; e.g. MESH_ARGS="-size 256MiB")
+bench-mesh: build
+	$(GO) run ./bench/mesh -imgmesh $(BIN)/imgmesh $(MESH_ARGS)
 
 ## bench-go: the Go micro-benchmarks (3 iterations each)
 bench-go:
