@@ -28,7 +28,12 @@ type fileWriter struct {
 	file *os.File     // nil once closed
 	h    hash.Hash
 	size atomic.Int64 // bytes fully written: readers never see beyond it
+	// flushed: bytes whose writeback was started (under wmu).
+	flushed int64
 }
+
+// writebackEvery is how many written bytes start an early writeback.
+const writebackEvery = 8 << 20
 
 func newFileWriter(f *Files, file *os.File) *fileWriter {
 	return &fileWriter{f: f, name: file.Name(), file: file, h: sha256.New()}
@@ -44,7 +49,11 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.file.Write(p)
 	w.h.Write(p[:n])
-	w.size.Add(int64(n))
+	size := w.size.Add(int64(n))
+	if size-w.flushed >= writebackEvery {
+		startWriteback(w.file, w.flushed, size-w.flushed)
+		w.flushed = size
+	}
 	if err != nil {
 		return n, fmt.Errorf("ingest write: %w", err)
 	}
