@@ -17,17 +17,6 @@ import (
 // the node's own downloads go through it alike.
 func (n *Node) Store() blobstore.Store { return n.store }
 
-// waitAnnounced waits (at most AnnounceWait) until what the node committed
-// so far was announced: once a client has content, the fleet can find it.
-func (n *Node) waitAnnounced(ctx context.Context) {
-	if n.announcer == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, n.opts.AnnounceWait)
-	defer cancel()
-	n.announcer.wait(ctx)
-}
-
 // advertiser decorates a store with announcements to the fleet.
 type advertiser struct {
 	blobstore.Store
@@ -47,10 +36,14 @@ type advWriter struct {
 	a *announcer
 }
 
+// Commit announces what it committed and waits (at most AnnounceWait) for
+// the announcement: once a push or a download answered, the fleet can find
+// the content.
 func (w advWriter) Commit(ctx context.Context, size int64, d digest.Digest) (blobstore.Info, error) {
 	info, err := w.Writer.Commit(ctx, size, d)
 	if err == nil {
 		w.a.add(d.String())
+		w.a.waitBounded(ctx)
 	}
 	return info, err
 }
@@ -59,6 +52,7 @@ func (s advertiser) Tag(ctx context.Context, repo, tag string, d digest.Digest) 
 	err := s.Store.Tag(ctx, repo, tag, d)
 	if err == nil {
 		s.a.add(p2p.TagKey(repo, tag))
+		s.a.waitBounded(ctx)
 	}
 	return err
 }
@@ -115,9 +109,15 @@ func (a *announcer) add(key string) {
 	a.poke()
 }
 
+// waitBounded is wait for at most the node's AnnounceWait.
+func (a *announcer) waitBounded(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, a.n.opts.AnnounceWait)
+	defer cancel()
+	a.wait(ctx)
+}
+
 // wait blocks until everything added so far was handed to the router, or
-// ctx ends. A download uses it so that a client holding a blob means the
-// fleet can find it.
+// ctx ends.
 func (a *announcer) wait(ctx context.Context) {
 	a.mu.Lock()
 	target := a.queued

@@ -200,7 +200,7 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 
 	dl.wmu.Lock()
 	_, err = w.Commit(ctx, size, dl.d)
-	dl.w = nil // followers now wait for markCommitted
+	dl.w = nil // followers now wait for markCommitted (after the link)
 	dl.wmu.Unlock()
 	if err != nil {
 		return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
@@ -208,7 +208,6 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	if err := n.store.Link(ctx, n.Key(name), dl.d); err != nil {
 		return fmt.Errorf("%s: link: %w", what, err)
 	}
-	n.waitAnnounced(ctx)
 	dl.markCommitted()
 	n.m.downloads.Inc()
 	return nil

@@ -211,11 +211,8 @@ func (n *Node) storeBytes(ctx context.Context, d digest.Digest, body []byte) err
 		w.Cancel()
 		return err
 	}
-	if _, err = w.Commit(ctx, int64(len(body)), d); err != nil {
-		return err
-	}
-	n.waitAnnounced(ctx)
-	return nil
+	_, err = w.Commit(ctx, int64(len(body)), d)
+	return err
 }
 
 func readAllLimited(r io.Reader, limit int64) ([]byte, error) {

@@ -40,7 +40,9 @@ type source struct {
 	open  func(ctx context.Context, offset int64) (io.ReadCloser, int64, error)
 }
 
-// holders asks the fleet who holds key, within the lookup budget.
+// holders asks the fleet who holds key. It keeps asking until someone is
+// found or the lookup budget is spent: an announcement made a moment ago
+// may still be on its way.
 func (n *Node) holders(ctx context.Context, key string, count int) []p2p.Holder {
 	if n.router == nil || n.peers == nil {
 		return nil
@@ -48,20 +50,31 @@ func (n *Node) holders(ctx context.Context, key string, count int) []p2p.Holder 
 	ctx, cancel := context.WithTimeout(ctx, n.opts.LookupTimeout)
 	defer cancel()
 	start := time.Now()
-	hs, err := n.router.Lookup(ctx, key, count)
-	n.m.lookupSeconds.Observe(time.Since(start).Seconds())
-	if err != nil {
-		n.log.Debug("provider lookup failed", "key", key, "err", err)
-		return nil
-	}
-	out := hs[:0]
-	for _, h := range hs {
-		if h.DataURL != "" {
-			out = append(out, h)
+	defer func() { n.m.lookupSeconds.Observe(time.Since(start).Seconds()) }()
+	for {
+		hs, err := n.router.Lookup(ctx, key, count)
+		if err != nil {
+			n.log.Debug("provider lookup failed", "key", key, "err", err)
+		}
+		var out []p2p.Holder
+		for _, h := range hs {
+			if h.DataURL != "" {
+				out = append(out, h)
+			}
+		}
+		if len(out) > 0 {
+			return out
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(lookupRetry):
 		}
 	}
-	return out
 }
+
+// lookupRetry spaces the lookups of one miss.
+const lookupRetry = 2 * time.Millisecond
 
 // blobSources lists where d can come from: holders in the fleet, then the
 // upstream of name's registry.

@@ -34,7 +34,7 @@ func defaultMesh() MeshConfig {
 		MDNS:          true,
 		GossipListen:  "0.0.0.0:7946",
 		DataListen:    "0.0.0.0:5002",
-		LookupTimeout: 20 * time.Millisecond,
+		LookupTimeout: 15 * time.Millisecond,
 	}
 }
 
@@ -124,7 +124,7 @@ func (m *MeshConfig) applyEnv(lookupEnv func(string) (string, bool)) error {
 	if v, ok := env("LOOKUP_TIMEOUT"); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil {
-			return fmt.Errorf("%sLOOKUP_TIMEOUT: %q is not a duration (like 20ms)", envPrefix, v)
+			return fmt.Errorf("%sLOOKUP_TIMEOUT: %q is not a duration (like 15ms)", envPrefix, v)
 		}
 		m.LookupTimeout = d
 	}
