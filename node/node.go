@@ -51,7 +51,10 @@ type Options struct {
 	// MaxHolders is how many holders a lookup asks for (default 3).
 	MaxHolders int
 	// AnnounceWait bounds how long a commit (a push, a finished download)
-	// waits for its announcement to the fleet before it answers (default 1s).
+	// waits for its announcement to the fleet before it answers (default
+	// 100ms: a healthy LAN takes a few; silent peers must not cost more).
+	// A lookup elsewhere keeps asking within its budget, so a late
+	// announcement is still found.
 	AnnounceWait time.Duration
 	// HedgeDelay: when a holder has not answered within it, the next holder
 	// is asked as well (default 50ms). UpstreamHedgeDelay is the same before
@@ -93,7 +96,7 @@ func New(opts Options) *Node {
 		opts.LookupTimeout = 15 * time.Millisecond
 	}
 	if opts.AnnounceWait <= 0 {
-		opts.AnnounceWait = time.Second
+		opts.AnnounceWait = 100 * time.Millisecond
 	}
 	if opts.MaxHolders <= 0 {
 		opts.MaxHolders = 3

@@ -17,6 +17,7 @@ import (
 // Router is content routing in the fleet; *p2p.Host and *p2p.MemoryRouter
 // implement it.
 type Router interface {
+	PeerCount() int
 	Advertise(ctx context.Context, keys ...string) error
 	Withdraw(ctx context.Context, keys ...string) error
 	Lookup(ctx context.Context, key string, count int) ([]p2p.Holder, error)
@@ -44,8 +45,8 @@ type source struct {
 // found or the lookup budget is spent: an announcement made a moment ago
 // may still be on its way.
 func (n *Node) holders(ctx context.Context, key string, count int) []p2p.Holder {
-	if n.router == nil || n.peers == nil {
-		return nil
+	if n.router == nil || n.peers == nil || n.router.PeerCount() == 0 {
+		return nil // nobody to ask
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.opts.LookupTimeout)
 	defer cancel()

@@ -248,6 +248,9 @@ func (p *Host) start(ctx context.Context, bootstrap []peer.AddrInfo) error {
 // ID returns the node's peer ID.
 func (p *Host) ID() string { return p.h.ID().String() }
 
+// PeerCount implements Router: the peers connected now.
+func (p *Host) PeerCount() int { return len(p.h.Network().Peers()) }
+
 // Addrs returns the node's listen multiaddrs, each ending in /p2p/ID.
 func (p *Host) Addrs() []string {
 	return p2pAddrs(p.h.ID(), p.h.Addrs())

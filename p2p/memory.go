@@ -43,6 +43,13 @@ func (n *MemoryNetwork) NewRouter(id, dataURL string) *MemoryRouter {
 // ID implements Router.
 func (r *MemoryRouter) ID() string { return r.id }
 
+// PeerCount implements Router: every other router of the network.
+func (r *MemoryRouter) PeerCount() int {
+	r.net.mu.Lock()
+	defer r.net.mu.Unlock()
+	return len(r.net.routers) - 1
+}
+
 // Advertise implements Router.
 func (r *MemoryRouter) Advertise(ctx context.Context, keys ...string) error {
 	if err := checkKeys(keys); err != nil {

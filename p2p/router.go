@@ -40,6 +40,9 @@ type Holder struct {
 type Router interface {
 	// ID is this node's peer ID, as it appears in other nodes' Holder.ID.
 	ID() string
+	// PeerCount is how many other nodes this router reaches now; with none,
+	// a lookup has nobody to ask.
+	PeerCount() int
 	// Advertise announces that this node holds keys. The announcement is
 	// renewed periodically until the keys are withdrawn.
 	Advertise(ctx context.Context, keys ...string) error

@@ -44,6 +44,19 @@ func Run(t *testing.T, newFleet func(t *testing.T, n int) []p2p.Router, opts ...
 		}
 		waitFor(t, rs[2], k, 1, []string{rs[0].ID()})
 	})
+	t.Run("PeerCountSeesTheFleet", func(t *testing.T) {
+		if n := newFleet(t, 1)[0].PeerCount(); n != 0 {
+			t.Fatalf("a lone router counts %d peers, want 0", n)
+		}
+		rs := newFleet(t, 3)
+		deadline := time.Now().Add(10 * time.Second)
+		for rs[0].PeerCount() < 2 {
+			if time.Now().After(deadline) {
+				t.Fatalf("router of a fleet of 3 counts %d peers, want 2", rs[0].PeerCount())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
 	t.Run("LookupStopsAtCount", func(t *testing.T) {
 		rs := newFleet(t, 4)
 		k := Key()
