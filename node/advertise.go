@@ -17,6 +17,14 @@ import (
 // the node's own downloads go through it alike.
 func (n *Node) Store() blobstore.Store { return n.store }
 
+// announce tells the fleet, without waiting, that the node holds d. A miss
+// elsewhere keeps looking within its budget, so a download need not wait.
+func (n *Node) announce(d digest.Digest) {
+	if n.announcer != nil {
+		n.announcer.add(d.String())
+	}
+}
+
 // advertiser decorates a store with announcements to the fleet.
 type advertiser struct {
 	blobstore.Store
@@ -37,8 +45,7 @@ type advWriter struct {
 }
 
 // Commit announces what it committed and waits (at most AnnounceWait) for
-// the announcement: once a push or a download answered, the fleet can find
-// the content.
+// the announcement: once a push answered, the fleet can find the content.
 func (w advWriter) Commit(ctx context.Context, size int64, d digest.Digest) (blobstore.Info, error) {
 	info, err := w.Writer.Commit(ctx, size, d)
 	if err == nil {

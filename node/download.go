@@ -127,7 +127,7 @@ func (dl *download) readAt(p []byte, off int64) (int, error) {
 // mid-body the next one continues at the offset already written. The blob is
 // committed, and so visible, only once its size and digest verified.
 func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
-	w, err := n.store.NewWriter(ctx)
+	w, err := n.ingest.NewWriter(ctx)
 	if err != nil {
 		return err
 	}
@@ -205,6 +205,7 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	if err != nil {
 		return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
 	}
+	n.announce(dl.d)
 	if err := n.store.Link(ctx, n.Key(name), dl.d); err != nil {
 		return fmt.Errorf("%s: link: %w", what, err)
 	}

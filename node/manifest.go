@@ -203,7 +203,7 @@ func (n *Node) readManifest(ctx context.Context, rec blobstore.Manifest) (Manife
 
 // storeBytes commits small verified content (manifests) to the store.
 func (n *Node) storeBytes(ctx context.Context, d digest.Digest, body []byte) error {
-	w, err := n.store.NewWriter(ctx)
+	w, err := n.ingest.NewWriter(ctx)
 	if err != nil {
 		return err
 	}
@@ -211,8 +211,11 @@ func (n *Node) storeBytes(ctx context.Context, d digest.Digest, body []byte) err
 		w.Cancel()
 		return err
 	}
-	_, err = w.Commit(ctx, int64(len(body)), d)
-	return err
+	if _, err = w.Commit(ctx, int64(len(body)), d); err != nil {
+		return err
+	}
+	n.announce(d)
+	return nil
 }
 
 func readAllLimited(r io.Reader, limit int64) ([]byte, error) {

@@ -50,8 +50,8 @@ type Options struct {
 	LookupTimeout time.Duration
 	// MaxHolders is how many holders a lookup asks for (default 3).
 	MaxHolders int
-	// AnnounceWait bounds how long a commit (a push, a finished download)
-	// waits for its announcement to the fleet before it answers (default
+	// AnnounceWait bounds how long a push's commit waits for its
+	// announcement to the fleet before it answers (default
 	// 100ms: a healthy LAN takes a few; silent peers must not cost more).
 	// A lookup elsewhere keeps asking within its budget, so a late
 	// announcement is still found.
@@ -64,7 +64,8 @@ type Options struct {
 
 // Node is the fetch policy of one device: local store, then upstream.
 type Node struct {
-	store  blobstore.Store
+	store  blobstore.Store // what everyone uses: announces pushes (waiting for it) in a fleet
+	ingest blobstore.Store // the store itself: the node's own downloads, announced without waiting
 	up     Upstream
 	router Router
 	peers  Peers
@@ -109,6 +110,7 @@ func New(opts Options) *Node {
 	}
 	n := &Node{
 		store:     opts.Store,
+		ingest:    opts.Store,
 		up:        opts.Upstream,
 		router:    opts.Router,
 		peers:     opts.Peers,
