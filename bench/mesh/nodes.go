@@ -40,7 +40,7 @@ type nodeOpts struct {
 	bin, name, dir, fleetKey string
 	join                     []string
 	upstream                 string // "none" or NAME=URL (then --restrict-upstreams)
-	lookupTimeout            string // "" leaves the node's default (20ms)
+	lookupTimeout            string // "" leaves the node's default (15ms)
 }
 
 // launch starts a node; ready waits for it.

@@ -121,7 +121,7 @@ func (r *Results) markdown(w io.Writer) {
 	}
 	if len(r.Misses) > 0 {
 		fmt.Fprintf(w, "\n## (b) Latency of a miss (blob only upstream) at one node, by the state of its fleet\n\n")
-		fmt.Fprintf(w, "Probe node with the default --lookup-timeout (20ms); upstream: an in-process registry "+
+		fmt.Fprintf(w, "Probe node with the default --lookup-timeout (15ms); upstream: an in-process registry "+
 			"(go-containerregistry) on 127.0.0.1; %d misses per state, alternating HEAD and GET of 4 KiB blobs. "+
 			"Lookup = the probe's imgmesh_node_lookup_seconds over the same requests (buckets, interpolated). "+
 			"Added = p99 − p99 with an empty fleet; goal: added p99 < %d ms.\n\n", r.Misses[0].Heads+r.Misses[0].Gets, goalMissAdded)
