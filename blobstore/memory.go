@@ -315,6 +315,12 @@ func (w *memWriter) Size() int64 {
 	return int64(len(w.buf))
 }
 
+func (w *memWriter) Sum() digest.Digest {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return digest.FromBytes(w.buf)
+}
+
 func (w *memWriter) Commit(_ context.Context, size int64, expected digest.Digest) (Info, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()

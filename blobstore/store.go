@@ -51,6 +51,9 @@ type Writer interface {
 	io.ReaderAt
 	// Size is the number of bytes written so far.
 	Size() int64
+	// Sum is the sha256 digest of the bytes written so far: a caller can
+	// tell a download verified before Commit's fsync and rename.
+	Sum() digest.Digest
 	// Commit verifies the bytes against size (-1: any) and expected, makes the
 	// blob visible under expected and releases the writer. A mismatch returns
 	// an error wrapping ErrSizeMismatch or ErrDigestMismatch and discards the

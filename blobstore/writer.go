@@ -90,6 +90,12 @@ func (w *fileWriter) ReadAt(p []byte, off int64) (int, error) {
 
 func (w *fileWriter) Size() int64 { return w.size.Load() }
 
+func (w *fileWriter) Sum() digest.Digest {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	return digest.NewDigest(digest.SHA256, w.h)
+}
+
 // Commit verifies, fsyncs and renames the temp file into place. On any error
 // the temp file is removed and nothing becomes visible.
 func (w *fileWriter) Commit(ctx context.Context, size int64, expected digest.Digest) (Info, error) {

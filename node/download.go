@@ -27,7 +27,10 @@ type download struct {
 	size    int64  // -1 until the first source said
 	source  string // kind of the first source that answered
 	written int64
-	// committed: the blob verified and is in the store; read it there.
+	// verified: every byte is written and hashes to the digest; the last
+	// byte may go to readers before the durable commit.
+	verified bool
+	// committed: the blob is in the store; read it there.
 	committed bool
 	done      bool
 	err       error
@@ -61,6 +64,13 @@ func (dl *download) advance(written int64) {
 	dl.mu.Unlock()
 }
 
+func (dl *download) markVerified() {
+	dl.mu.Lock()
+	dl.verified = true
+	dl.notifyLocked()
+	dl.mu.Unlock()
+}
+
 func (dl *download) markCommitted() {
 	dl.mu.Lock()
 	dl.committed = true
@@ -76,16 +86,16 @@ func (dl *download) finish(err error) {
 }
 
 type snapshot struct {
-	size, written   int64
-	committed, done bool
-	err             error
-	changed         <-chan struct{}
+	size, written             int64
+	verified, committed, done bool
+	err                       error
+	changed                   <-chan struct{}
 }
 
 func (dl *download) state() snapshot {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
-	return snapshot{dl.size, dl.written, dl.committed, dl.done, dl.err, dl.changed}
+	return snapshot{dl.size, dl.written, dl.verified, dl.committed, dl.done, dl.err, dl.changed}
 }
 
 // waitSize waits until the blob's size is known or the download failed, and
@@ -196,6 +206,9 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	}
 	if size < 0 || w.Size() != size {
 		return classify(what, errs)
+	}
+	if w.Sum() == dl.d { // sha256 verified: readers need not wait for the fsync
+		dl.markVerified()
 	}
 
 	dl.wmu.Lock()

@@ -11,8 +11,8 @@ import (
 
 // follower reads a blob while its download goes on: it blocks at the bytes
 // not yet written and releases the final byte only once the whole blob
-// verified, so a client never receives a complete wrong blob. After commit
-// it reads the stored file.
+// verified (before the durable commit), so a client never receives a
+// complete wrong blob. After commit it reads the stored file.
 type follower struct {
 	ctx   context.Context // the request's; ends the wait when the client leaves
 	dl    *download
@@ -33,7 +33,10 @@ func (f *follower) Read(p []byte) (int, error) {
 			return f.readCommitted(p)
 		}
 		// Hold back the last byte until the digest verified.
-		limit := min(s.written, s.size-1)
+		limit := s.written
+		if !s.verified {
+			limit = min(limit, s.size-1)
+		}
 		if f.off < limit {
 			k, err := f.dl.readAt(p[:min(int64(len(p)), limit-f.off)], f.off)
 			f.off += int64(k)

@@ -25,11 +25,17 @@ func testCommitVisible(t *testing.T, s blobstore.Store) {
 		t.Fatal(err)
 	}
 	WantNotFound(t, s, d)
+	if got, want := w.Sum(), digest.FromBytes(b[:50_000]); got != want {
+		t.Errorf("Sum of the first half = %s, want %s", got, want)
+	}
 	if _, err := w.Write(b[50_000:]); err != nil {
 		t.Fatal(err)
 	}
 	if w.Size() != int64(len(b)) {
 		t.Errorf("Size = %d, want %d", w.Size(), len(b))
+	}
+	if w.Sum() != d {
+		t.Errorf("Sum = %s, want %s", w.Sum(), d)
 	}
 	WantNotFound(t, s, d)
 	wantUsage(t, s, 0, 0)
