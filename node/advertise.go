@@ -98,11 +98,10 @@ type announcer struct {
 	n      *Node
 
 	mu      sync.Mutex
-	adds    []string
-	removes []string
-	queued  uint64        // adds queued so far
-	flushed uint64        // adds handed to the router so far
-	round   chan struct{} // closed and replaced after each round
+	pending map[string]bool // key -> advertise (true) or withdraw (false); the last action wins
+	queued  uint64          // adds queued so far
+	flushed uint64          // adds handed to the router so far
+	round   chan struct{}   // closed and replaced after each round
 	wake    chan struct{}
 	stop    context.CancelFunc
 	done    chan struct{}
@@ -110,7 +109,7 @@ type announcer struct {
 
 func (a *announcer) add(key string) {
 	a.mu.Lock()
-	a.adds = append(a.adds, key)
+	a.pending[key] = true
 	a.queued++
 	a.mu.Unlock()
 	a.poke()
@@ -148,7 +147,7 @@ func (a *announcer) wait(ctx context.Context) {
 
 func (a *announcer) remove(key string) {
 	a.mu.Lock()
-	a.removes = append(a.removes, key)
+	a.pending[key] = false
 	a.mu.Unlock()
 	a.poke()
 }
@@ -171,8 +170,16 @@ func (a *announcer) run(ctx context.Context) {
 		case <-a.wake:
 		}
 		a.mu.Lock()
-		adds, removes, upto := a.adds, a.removes, a.queued
-		a.adds, a.removes = nil, nil
+		var adds, removes []string
+		for k, advertise := range a.pending {
+			if advertise {
+				adds = append(adds, k)
+			} else {
+				removes = append(removes, k)
+			}
+		}
+		clear(a.pending)
+		upto := a.queued
 		a.mu.Unlock()
 		if len(removes) > 0 {
 			if err := a.router.Withdraw(ctx, removes...); err != nil {

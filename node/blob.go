@@ -76,6 +76,7 @@ func (n *Node) join(ctx context.Context, name Name, d digest.Digest) *download {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if dl := n.downloads[d]; dl != nil {
+		dl.addKey(n.Key(name))
 		return dl
 	}
 	if _, err := n.store.Stat(ctx, d); err == nil {
@@ -83,6 +84,7 @@ func (n *Node) join(ctx context.Context, name Name, d digest.Digest) *download {
 	}
 	dctx, cancel := context.WithCancel(context.Background())
 	dl := newDownload(d, cancel)
+	dl.addKey(n.Key(name))
 	if n.closed {
 		cancel()
 		dl.finish(errors.New("node is shutting down"))

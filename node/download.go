@@ -38,10 +38,29 @@ type download struct {
 
 	wmu sync.RWMutex // ReadAt against Commit/Cancel
 	w   blobstore.Writer
+
+	keys map[string]bool // repositories (store keys) that asked: all are linked (under mu)
+}
+
+// addKey records a repository that wants the blob.
+func (dl *download) addKey(key string) {
+	dl.mu.Lock()
+	dl.keys[key] = true
+	dl.mu.Unlock()
+}
+
+func (dl *download) linkKeys() []string {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	keys := make([]string, 0, len(dl.keys))
+	for k := range dl.keys {
+		keys = append(keys, k)
+	}
+	return keys
 }
 
 func newDownload(d digest.Digest, cancel context.CancelFunc) *download {
-	return &download{d: d, cancel: cancel, size: -1, changed: make(chan struct{})}
+	return &download{d: d, cancel: cancel, size: -1, changed: make(chan struct{}), keys: map[string]bool{}}
 }
 
 // notifyLocked wakes every waiting follower; dl.mu must be held.
@@ -157,6 +176,7 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	srcs := n.blobSources(ctx, name, dl.d)
 	size := int64(-1)
 	var errs []sourceErr
+	var peersUsed []string // peers whose bytes went in: blamed if the blob does not verify
 	upstreamRetries := 0
 	for len(srcs) > 0 && (size < 0 || w.Size() < size) {
 		r, failed := openFirst(ctx, srcs, w.Size())
@@ -175,12 +195,16 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 		}
 		src := srcs[r.i]
 		n.m.fetches.WithLabelValues(src.kind, "ok").Inc()
+		if src.kind == "peer" {
+			peersUsed = append(peersUsed, src.from)
+		}
 		if size < 0 && r.total >= 0 {
 			size = r.total
 			dl.setSize(size, src.kind)
 		}
 		if r.total != size {
 			err = fmt.Errorf("size %d, want %d", r.total, size)
+			n.bad.add(dl.d, peersUsed) // one of them, or this source, lied about the size
 		} else {
 			err = n.copyBody(ctx, dl, w, r.body, size, src.kind, r.cancel)
 		}
@@ -216,11 +240,14 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	dl.w = nil // followers now wait for markCommitted (after the link)
 	dl.wmu.Unlock()
 	if err != nil {
+		n.bad.add(dl.d, peersUsed) // the next fetch of this blob skips them
 		return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
 	}
 	n.announce(dl.d)
-	if err := n.store.Link(ctx, n.Key(name), dl.d); err != nil {
-		return fmt.Errorf("%s: link: %w", what, err)
+	for _, key := range dl.linkKeys() {
+		if err := n.store.Link(ctx, key, dl.d); err != nil {
+			return fmt.Errorf("%s: link %s: %w", what, key, err)
+		}
 	}
 	dl.markCommitted()
 	n.m.downloads.Inc()

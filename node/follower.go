@@ -27,10 +27,10 @@ func (f *follower) Read(p []byte) (int, error) {
 		switch {
 		case s.err != nil:
 			return 0, s.err
-		case f.off >= s.size:
-			return 0, io.EOF
 		case s.committed:
 			return f.readCommitted(p)
+		case f.off >= s.size && s.verified: // the end, of a blob that verified
+			return 0, io.EOF
 		}
 		// Hold back the last byte until the digest verified.
 		limit := s.written

@@ -46,8 +46,10 @@ func (n *Node) resolveTag(ctx context.Context, name Name, tag string) (digest.Di
 			if err := n.ensureManifest(ctx, name, m.Digest); err != nil {
 				return "", err
 			}
-			if err := n.store.Tag(ctx, key, tag, m.Digest); err != nil {
-				return "", fmt.Errorf("tag %s:%s: %w", key, tag, err)
+			if cur, err := n.store.Resolve(ctx, key, tag); err != nil || cur != m.Digest {
+				if err := n.store.Tag(ctx, key, tag, m.Digest); err != nil {
+					return "", fmt.Errorf("tag %s:%s: %w", key, tag, err)
+				}
 			}
 			return m.Digest, nil
 		}

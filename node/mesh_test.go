@@ -26,7 +26,8 @@ type member struct {
 	n     *node.Node
 	store blobstore.Store
 	plane *httptest.Server
-	cut   atomic.Int64 // >0: the data plane drops connections after this many body bytes
+	cut     atomic.Int64 // >0: the data plane drops connections after this many body bytes
+	corrupt atomic.Bool  // the data plane flips the first byte of every body write
 }
 
 // newFleet starts size nodes sharing one MemoryNetwork; o (may be nil) is
@@ -55,6 +56,9 @@ func newFleet(t *testing.T, o *origin, size int) []*member {
 		m.plane = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if cut := m.cut.Load(); cut > 0 {
 				w = &cutter{ResponseWriter: w, left: cut}
+			}
+			if m.corrupt.Load() {
+				w = &flipper{ResponseWriter: w}
 			}
 			plane.ServeHTTP(w, r)
 		}))
@@ -85,6 +89,17 @@ func (c *cutter) Write(p []byte) (int, error) {
 	}
 	c.left -= int64(len(p))
 	return c.ResponseWriter.Write(p)
+}
+
+// flipper corrupts a body: a holder whose copy went bad on disk.
+type flipper struct{ http.ResponseWriter }
+
+func (f *flipper) Write(p []byte) (int, error) {
+	if len(p) > 0 {
+		p = bytes.Clone(p)
+		p[0] ^= 0xff
+	}
+	return f.ResponseWriter.Write(p)
 }
 
 // waitAdvertised polls until a lookup from m finds a holder of key.
@@ -247,5 +262,33 @@ func TestDeadAndSilentHoldersFallBackToUpstream(t *testing.T) {
 	}
 	if c.Source != "upstream" || !bytes.Equal(got, layerBytes(t, layers[0])) {
 		t.Fatalf("source %s", c.Source)
+	}
+}
+
+func TestCorruptHolderIsSkippedNextTime(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 1<<20)
+	fleet := newFleet(t, o, 2)
+	ctx := context.Background()
+	d, _ := layers[0].Digest()
+	dd := digest.Digest(d.String())
+	if _, _, err := readBlob(ctx, fleet[0].n, "team/app", dd); err != nil {
+		t.Fatal(err)
+	}
+	fleet[0].corrupt.Store(true) // its copy serves wrong bytes now
+
+	got, c, err := readBlob(ctx, fleet[1].n, "team/app", dd)
+	if err == nil {
+		t.Fatal("bytes from a corrupt holder were served as a complete blob")
+	}
+	if c.Source != "peer" || len(got) >= 1<<20 {
+		t.Fatalf("first pull: source %s, %d bytes", c.Source, len(got))
+	}
+	got, c, err = readBlob(ctx, fleet[1].n, "team/app", dd)
+	if err != nil {
+		t.Fatalf("second pull: %v", err)
+	}
+	if c.Source != "upstream" || !bytes.Equal(got, layerBytes(t, layers[0])) {
+		t.Fatalf("second pull came from %s; want the corrupt holder skipped and upstream used", c.Source)
 	}
 }

@@ -74,6 +74,7 @@ type Node struct {
 	m      *metrics
 
 	announcer *announcer // nil when not in a fleet
+	bad       *badHolders
 
 	mu        sync.Mutex
 	downloads map[digest.Digest]*download
@@ -118,10 +119,11 @@ func New(opts Options) *Node {
 		opts:      opts,
 		m:         newMetrics(opts.Registerer),
 		downloads: map[digest.Digest]*download{},
+		bad:       newBadHolders(),
 	}
 	if n.router != nil {
 		ctx, stop := context.WithCancel(context.Background())
-		n.announcer = &announcer{router: n.router, store: opts.Store, n: n,
+		n.announcer = &announcer{router: n.router, store: opts.Store, n: n, pending: map[string]bool{},
 			wake: make(chan struct{}, 1), round: make(chan struct{}), stop: stop, done: make(chan struct{})}
 		n.store = advertiser{Store: opts.Store, a: n.announcer}
 		go n.announcer.run(ctx)
@@ -162,8 +164,7 @@ func (n *Node) Key(name Name) string {
 	return ns + "/" + name.Repo
 }
 
-// mirrors reports whether name's registry has an upstream: then content
-// already in the store (verified by digest) serves any repository.
+// mirrors reports whether name's registry has an upstream.
 func (n *Node) mirrors(name Name) bool {
 	if n.up == nil {
 		return false
@@ -183,7 +184,9 @@ func (n *Node) localBlob(ctx context.Context, name Name, d digest.Digest) (blobs
 		return nil, false, err
 	}
 	if !linked {
-		if !n.mirrors(name) {
+		// Verified content serves any repository of a mirrored registry, and
+		// any repository of a fleet member (peers would send the same bytes).
+		if !n.mirrors(name) && !n.meshed() {
 			return nil, false, nil
 		}
 		if _, err := n.store.Stat(ctx, d); err != nil {

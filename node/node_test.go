@@ -271,3 +271,18 @@ func TestLocalOnlyKeepsRepositoriesApart(t *testing.T) {
 		t.Fatalf("unlinked repository sees the blob: %v", err)
 	}
 }
+
+func TestEmptyAnswerIsNotACompleteBlob(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 1000)
+	n, store := newNode(t, o)
+	d, _ := layers[0].Digest()
+	o.empty.Store(true) // 200 with Content-Length 0 for a 1000-byte blob
+	got, _, err := readBlob(context.Background(), n, "team/app", digest.Digest(d.String()))
+	if err == nil {
+		t.Fatalf("an empty answer for a non-empty digest was served as a complete blob (%d bytes)", len(got))
+	}
+	if _, err := store.Stat(context.Background(), digest.Digest(d.String())); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("store has the empty blob: %v", err)
+	}
+}

@@ -82,6 +82,9 @@ const lookupRetry = 2 * time.Millisecond
 func (n *Node) blobSources(ctx context.Context, name Name, d digest.Digest) []source {
 	var srcs []source
 	for _, h := range n.holders(ctx, d.String(), n.opts.MaxHolders) {
+		if n.bad.has(d, h.ID) {
+			continue // it served bytes that did not verify
+		}
 		srcs = append(srcs, source{kind: "peer", from: h.ID, hedge: n.opts.HedgeDelay,
 			open: func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
 				return n.peers.Blob(ctx, h.DataURL, d, off)
@@ -90,7 +93,14 @@ func (n *Node) blobSources(ctx context.Context, name Name, d digest.Digest) []so
 	if n.mirrors(name) {
 		srcs = append(srcs, source{kind: "upstream", from: name.NS, hedge: n.opts.UpstreamHedgeDelay,
 			open: func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
-				return n.up.Blob(ctx, name.NS, name.Repo, d, off)
+				body, total, err := n.up.Blob(ctx, name.NS, name.Repo, d, off)
+				if err == nil && total < 0 { // no Content-Length (chunked): ask HEAD
+					if total, err = n.up.StatBlob(ctx, name.NS, name.Repo, d); err != nil || total < 0 {
+						body.Close()
+						return nil, 0, fmt.Errorf("upstream did not say the blob's size: %v", err)
+					}
+				}
+				return body, total, err
 			}})
 	}
 	return srcs

@@ -31,6 +31,7 @@ type origin struct {
 	ranges    int            // GETs with a Range header
 	down      atomic.Bool    // answer 503 to everything
 	corrupt   atomic.Bool    // flip one byte of blob bodies
+	empty     atomic.Bool    // answer blob GETs 200 with an empty body
 	breakAt   atomic.Int64   // >0: cut blob bodies after this many bytes (once)
 	gate      chan struct{}  // non-nil: blob bodies pause halfway until closed
 	gateAfter int64
@@ -50,6 +51,11 @@ func newOrigin(t *testing.T) *origin {
 			return
 		}
 		d := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+		if o.empty.Load() {
+			w.Header().Set("Content-Length", "0")
+			w.WriteHeader(http.StatusOK)
+			return
+		}
 		o.mu.Lock()
 		o.blobGets[d]++
 		if r.Header.Get("Range") != "" {

@@ -60,6 +60,12 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, rt route) {
 		}
 		// ServeContent re-parses Range: hand it exactly what was validated.
 		r.Header.Set("Range", formatRange(ranges))
+		if _, isFile := c.Body.(*os.File); len(ranges) > 1 && !isFile {
+			// A multipart answer is written from a goroutine that can outlive
+			// this handler; a body still arriving is sent whole instead
+			// (a server may ignore Range).
+			r.Header.Del("Range")
+		}
 	}
 	s.serveBlob(w, r, c)
 }

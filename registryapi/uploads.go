@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
@@ -222,7 +223,7 @@ func parseContentRange(h string) (start, end int64, ok bool) {
 	}
 	start, err1 := parseOffset(first)
 	end, err2 := parseOffset(last)
-	if err1 != nil || err2 != nil || end < start {
+	if err1 != nil || err2 != nil || end < start || end == math.MaxInt64 { // end+1 must not overflow
 		return 0, 0, false
 	}
 	return start, end, true
