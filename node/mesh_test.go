@@ -23,9 +23,9 @@ import (
 // member is one node of an in-process fleet: real file store, real data
 // plane over HTTP, in-memory content routing.
 type member struct {
-	n     *node.Node
-	store blobstore.Store
-	plane *httptest.Server
+	n       *node.Node
+	store   blobstore.Store
+	plane   *httptest.Server
 	cut     atomic.Int64 // >0: the data plane drops connections after this many body bytes
 	corrupt atomic.Bool  // the data plane flips the first byte of every body write
 }
