@@ -200,7 +200,10 @@ func (m *mesh) size() int {
 func (m *mesh) close() {
 	if m.data != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = m.data.Shutdown(ctx)
+		if err := m.data.Shutdown(ctx); err != nil {
+			m.log.Warn("data plane shutdown: closing connections still open", "err", err)
+			_ = m.data.Close()
+		}
 		cancel()
 	} else if m.dataLn != nil {
 		m.dataLn.Close()

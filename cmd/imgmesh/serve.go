@@ -137,6 +137,7 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
+		_ = srv.Close() // the listener failed: stop handlers before the deferred closes
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
