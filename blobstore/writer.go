@@ -35,6 +35,10 @@ type fileWriter struct {
 // writebackEvery is how many written bytes start an early writeback.
 const writebackEvery = 8 << 20
 
+// parallelHashMin: writes this large hash on a second goroutine while the
+// bytes go to the file.
+const parallelHashMin = 64 << 10
+
 func newFileWriter(f *Files, file *os.File) *fileWriter {
 	return &fileWriter{f: f, name: file.Name(), file: file, h: sha256.New()}
 }
@@ -47,8 +51,23 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	if w.file == nil {
 		return 0, ErrClosed
 	}
-	n, err := w.file.Write(p)
-	w.h.Write(p[:n])
+	var n int
+	var err error
+	if len(p) >= parallelHashMin {
+		// Hash on a second core while the same bytes go to the file. A short
+		// write leaves the hash ahead of the file: Commit then fails on the
+		// digest, and nothing becomes visible.
+		hashed := make(chan struct{})
+		go func() {
+			w.h.Write(p)
+			close(hashed)
+		}()
+		n, err = w.file.Write(p)
+		<-hashed
+	} else {
+		n, err = w.file.Write(p)
+		w.h.Write(p[:n])
+	}
 	size := w.size.Add(int64(n))
 	if size-w.flushed >= writebackEvery {
 		startWriteback(w.file, w.flushed, size-w.flushed)
