@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
 )
 
 const (
@@ -32,7 +34,7 @@ const (
 func fleet(ctx context.Context, e *env, res *Results) error {
 	up := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer up.Close()
-	defer e.ps.stopAll() // the nodes first: they may hold connections to up
+	defer e.ps.StopAll() // the nodes first: they may hold connections to up
 	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	small := func() []byte {
 		b := make([]byte, smallBlob)
@@ -94,7 +96,7 @@ func fleet(ctx context.Context, e *env, res *Results) error {
 	}
 	// Warm the probe's connections to the upstream and from this client.
 	if code, _, err := head(ctx, blobURL(probe.base, upstreamRepo, heads[0], upstreamNS)); err != nil || code != 200 {
-		return fmt.Errorf("probe HEAD through the upstream: %d %v (log: %s)", code, err, probe.p.tail())
+		return fmt.Errorf("probe HEAD through the upstream: %d %v (log: %s)", code, err, probe.p.Tail())
 	}
 	if err := miss("empty (no other member)"); err != nil {
 		return err
@@ -125,7 +127,7 @@ func fleet(ctx context.Context, e *env, res *Results) error {
 		return err
 	}
 	for _, p := range peers {
-		if err := p.p.signal(syscall.SIGSTOP); err != nil {
+		if err := p.p.Signal(syscall.SIGSTOP); err != nil {
 			return err
 		}
 	}
@@ -133,7 +135,7 @@ func fleet(ctx context.Context, e *env, res *Results) error {
 		return err
 	}
 	for _, p := range peers {
-		p.p.kill()
+		p.p.Kill()
 	}
 	return miss(fmt.Sprintf("%d dead peers (SIGKILL)", len(peers)))
 }
@@ -149,16 +151,16 @@ func misses(ctx context.Context, n *node, state string, heads []string, gets [][
 		if i%2 == 0 {
 			code, size, err := head(ctx, blobURL(n.base, upstreamRepo, heads[(i/2)%len(heads)], upstreamNS))
 			if err != nil || code != 200 || size != smallBlob {
-				return s, fmt.Errorf("HEAD miss (%s): status %d size %d: %v (log: %s)", state, code, size, err, n.p.tail())
+				return s, fmt.Errorf("HEAD miss (%s): status %d size %d: %v (log: %s)", state, code, size, err, n.p.Tail())
 			}
 			hs = append(hs, time.Since(start))
 			continue
 		}
 		data := gets[i/2]
-		d, err := get(ctx, ctl, blobURL(n.base, upstreamRepo, digestOf(data), upstreamNS),
+		d, err := benchkit.Get(ctx, ctl, blobURL(n.base, upstreamRepo, digestOf(data), upstreamNS),
 			int64(len(data)), digestOf(data), true, reqTimeout)
 		if err != nil {
-			return s, fmt.Errorf("GET miss (%s): %w (log: %s)", state, err, n.p.tail())
+			return s, fmt.Errorf("GET miss (%s): %w (log: %s)", state, err, n.p.Tail())
 		}
 		gs = append(gs, d)
 	}
@@ -188,7 +190,7 @@ func lookups(ctx context.Context, e *env, peers []*node, small func() []byte) (*
 	}
 	for i := range peers { // the announcements have landed when another peer sees each blob
 		q := peers[(i+1)%len(peers)]
-		err := poll(ctx, q.p, fleetTimeout, "seeing "+peers[i].name+"'s blob", func(ctx context.Context) (bool, error) {
+		err := benchkit.Poll(ctx, q.p, fleetTimeout, "seeing "+peers[i].name+"'s blob", func(ctx context.Context) (bool, error) {
 			code, _, err := head(ctx, blobURL(q.base, fleetRepo, ds[i], ""))
 			return err == nil && code == 200, nil
 		})

@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
 	"github.com/imgmesh/imgmesh/fleetkey"
 )
 
@@ -64,9 +64,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mesh: %v\n", err)
 		return 1
 	}
-	defer os.RemoveAll(tmp) // runs after stopAll: processes first, then files
-	ps := &procs{}
-	defer ps.stopAll()
+	defer os.RemoveAll(tmp) // runs after StopAll: processes first, then files
+	ps := &benchkit.Procs{}
+	defer ps.StopAll()
 
 	e := &env{cfg: cfg, ps: ps, tmp: tmp, log: stderr}
 	res, err := bench(ctx, e)
@@ -122,7 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 // env is what every part of the benchmark shares.
 type env struct {
 	cfg     config
-	ps      *procs
+	ps      *benchkit.Procs
 	tmp     string
 	log     io.Writer
 	bin     string
@@ -140,18 +140,17 @@ func (e *env) opts(name, upstream, lookupTimeout string) nodeOpts {
 }
 
 func bench(ctx context.Context, e *env) (*Results, error) {
-	res := &Results{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(),
+	res := &Results{Date: time.Now().UTC().Format(time.RFC3339), Machine: benchkit.ReadMachine(),
 		SizeBytes: e.cfg.size, Runs: e.cfg.runs}
 	e.bin = e.cfg.imgmesh
 	if e.bin == "" {
 		e.bin = filepath.Join(e.tmp, "imgmesh")
 		e.step("building imgmesh")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", e.bin, "github.com/imgmesh/imgmesh/cmd/imgmesh")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("go build ./cmd/imgmesh: %w\n%s", err, out)
+		if err := benchkit.BuildImgmesh(ctx, e.bin); err != nil {
+			return nil, err
 		}
 	}
-	res.Machine.Imgmesh = strings.TrimPrefix(commandOutput(ctx, e.bin, "version"), "imgmesh ")
+	res.Machine.Imgmesh = strings.TrimPrefix(benchkit.CommandOutput(ctx, e.bin, "version"), "imgmesh ")
 	var err error
 	if e.key, err = fleetkey.Generate(); err != nil {
 		return nil, err
@@ -183,7 +182,7 @@ func bench(ctx context.Context, e *env) (*Results, error) {
 		start := time.Now()
 		err := p.run(ctx, e, res)
 		e.step("%s took %s", p.name, time.Since(start).Round(100*time.Millisecond))
-		e.ps.stopAll() // nothing outlives its part
+		e.ps.StopAll() // nothing outlives its part
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%s: %w", p.name, errors.Join(ctx.Err(), err))
 		}
@@ -192,16 +191,4 @@ func bench(ctx context.Context, e *env) (*Results, error) {
 		}
 	}
 	return res, nil
-}
-
-// commandOutput is the first line of a command's output, or "?".
-func commandOutput(ctx context.Context, argv ...string) string {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-	if err != nil {
-		return "?"
-	}
-	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	return line
 }

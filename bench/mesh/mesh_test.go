@@ -1,18 +1,14 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"errors"
 	"io"
 	"math"
-	"net/http"
-	"net/http/httptest"
-	"strconv"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -50,7 +46,7 @@ func TestPercentile(t *testing.T) {
 			}
 		})
 	}
-	if got := median([]float64{3, 1, 2, 10}); got != 2.5 {
+	if got := benchkit.Median([]float64{3, 1, 2, 10}); got != 2.5 {
 		t.Errorf("median = %v, want 2.5", got)
 	}
 }
@@ -129,82 +125,6 @@ func TestQuantile(t *testing.T) {
 	}
 }
 
-// TestGetSplit proves a transfer is reported only when it delivered the
-// whole, right blob, with the time before the tail taken.
-func TestGetSplit(t *testing.T) {
-	data := bytes.Repeat([]byte("imgmesh"), 1<<16)
-	dgst := digestOf(data)
-	tests := []struct {
-		name    string
-		handler http.HandlerFunc
-		wantErr error
-	}{
-		{name: "whole body", handler: func(w http.ResponseWriter, _ *http.Request) { w.Write(data) }},
-		{name: "short", wantErr: errShort, handler: func(w http.ResponseWriter, _ *http.Request) { w.Write(data[1:]) }},
-		{name: "cut", handler: func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-			w.Write(data[:10])
-		}, wantErr: io.ErrUnexpectedEOF},
-		{name: "wrong bytes", wantErr: errWrong, handler: func(w http.ResponseWriter, _ *http.Request) {
-			w.Write(append(bytes.Clone(data[:len(data)-1]), 'x'))
-		}},
-		{name: "not found", wantErr: errWrong, handler: func(w http.ResponseWriter, _ *http.Request) { http.NotFound(w, nil) }},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewServer(tt.handler)
-			defer srv.Close()
-			c := newClient()
-			defer c.CloseIdleConnections()
-			got, err := getSplit(context.Background(), c, srv.URL, int64(len(data)), dgst, true, 5*time.Second)
-			switch {
-			case tt.wantErr == errWrong && err == nil:
-				t.Fatal("got no error")
-			case tt.wantErr != nil && tt.wantErr != errWrong && !errors.Is(err, tt.wantErr):
-				t.Fatalf("err = %v, want %v", err, tt.wantErr)
-			case tt.wantErr == nil && err != nil:
-				t.Fatal(err)
-			}
-			if err == nil && (got.beforeTail <= 0 || got.beforeTail > got.all) {
-				t.Errorf("timing %+v", got)
-			}
-		})
-	}
-}
-
-// TestReadAllMark proves the mark fires when all but the last byte have
-// arrived, before the last one is sent.
-func TestReadAllMark(t *testing.T) {
-	data := bytes.Repeat([]byte("x"), 3<<20)
-	pr, pw := io.Pipe()
-	marked := make(chan struct{})
-	type result struct {
-		n   int64
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		n, err := readAll(pr, nil, int64(len(data)-1), func() { close(marked) })
-		done <- result{n, err}
-	}()
-	if _, err := pw.Write(data[:len(data)-1]); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-marked:
-	case <-time.After(5 * time.Second):
-		t.Fatal("mark not called with all but the last byte read")
-	}
-	pw.Write(data[len(data)-1:])
-	pw.Close()
-	if r := <-done; r.err != nil || r.n != int64(len(data)) {
-		t.Fatalf("readAll = %d, %v; want %d bytes", r.n, r.err, len(data))
-	}
-}
-
-// errWrong in TestGetSplit: any error will do.
-var errWrong = errors.New("any error")
-
 func TestParseFlags(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -227,27 +147,6 @@ func TestParseFlags(t *testing.T) {
 			}
 			if err == nil && cfg.size != tt.wantSize {
 				t.Errorf("size = %d, want %d", cfg.size, tt.wantSize)
-			}
-		})
-	}
-	if got := sizeString(256 << 20); got != "256 MiB" {
-		t.Errorf("sizeString = %q", got)
-	}
-}
-
-func TestTailMark(t *testing.T) {
-	tests := []struct {
-		name       string
-		size, want int64
-	}{
-		{name: "big body: all but a MiB", size: 256 << 20, want: 256<<20 - tailBytes},
-		{name: "small body: all but a byte", size: 4096, want: 4095},
-		{name: "one byte", size: 1, want: 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := tailMark(tt.size); got != tt.want {
-				t.Errorf("tailMark(%d) = %d, want %d", tt.size, got, tt.want)
 			}
 		})
 	}

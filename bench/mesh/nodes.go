@@ -6,11 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"hash"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +15,7 @@ import (
 	"time"
 
 	"github.com/imgmesh/imgmesh/admin"
+	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
 )
 
 // Timeouts of the benchmark's own requests.
@@ -30,7 +28,7 @@ const (
 // node is one `imgmesh serve` process on loopback.
 type node struct {
 	name   string
-	p      *proc
+	p      *benchkit.Proc
 	base   string // http://127.0.0.1:port, the registry API
 	gossip string // host:port of its gossip, read once ready
 }
@@ -44,8 +42,8 @@ type nodeOpts struct {
 }
 
 // launch starts a node; ready waits for it.
-func launch(ps *procs, o nodeOpts) (*node, error) {
-	port, err := freePort()
+func launch(ps *benchkit.Procs, o nodeOpts) (*node, error) {
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +61,7 @@ func launch(ps *procs, o nodeOpts) (*node, error) {
 	if o.lookupTimeout != "" {
 		args = append(args, "--lookup-timeout", o.lookupTimeout)
 	}
-	p, err := ps.start(o.name, o.dir+".log", args...)
+	p, err := ps.Start(o.name, o.dir+".log", args...)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +70,7 @@ func launch(ps *procs, o nodeOpts) (*node, error) {
 
 // ready waits until the node answers and learns its gossip address.
 func (n *node) ready(ctx context.Context) error {
-	if err := waitReady(ctx, n.p, n.base+"/v2/", readyTimeout); err != nil {
+	if err := benchkit.WaitReady(ctx, n.p, n.base+"/v2/", readyTimeout); err != nil {
 		return err
 	}
 	var peers []admin.Peer
@@ -91,7 +89,7 @@ func (n *node) ready(ctx context.Context) error {
 }
 
 // startNodes launches nodes together and waits until all are ready.
-func startNodes(ctx context.Context, ps *procs, opts []nodeOpts) ([]*node, error) {
+func startNodes(ctx context.Context, ps *benchkit.Procs, opts []nodeOpts) ([]*node, error) {
 	ns := make([]*node, len(opts))
 	for i, o := range opts {
 		if err := os.MkdirAll(filepath.Dir(o.dir), 0o755); err != nil {
@@ -131,7 +129,7 @@ func (n *node) fleetSeen(ctx context.Context, want int) (bool, error) {
 // waitFleet waits until every node sees want members and peers.
 func waitFleet(ctx context.Context, ns []*node, want int) error {
 	for _, n := range ns {
-		err := poll(ctx, n.p, fleetTimeout, fmt.Sprintf("in a fleet of %d", want), func(ctx context.Context) (bool, error) {
+		err := benchkit.Poll(ctx, n.p, fleetTimeout, fmt.Sprintf("in a fleet of %d", want), func(ctx context.Context) (bool, error) {
 			return n.fleetSeen(ctx, want)
 		})
 		if err != nil {
@@ -142,21 +140,7 @@ func waitFleet(ctx context.Context, ns []*node, want int) error {
 }
 
 // ctl is the client of small control requests: loopback, no proxy.
-var ctl = newClient()
-
-// newClient is an HTTP client for loopback: no proxy, no compression,
-// keep-alive. Every request it sends carries its own deadline.
-func newClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		DisableCompression:  true,
-		MaxIdleConnsPerHost: 8,
-		IdleConnTimeout:     30 * time.Second,
-		ReadBufferSize:      64 << 10,
-		WriteBufferSize:     64 << 10,
-	}}
-}
+var ctl = benchkit.NewClient()
 
 func getJSON(ctx context.Context, url string, v any) error {
 	ctx, cancel := context.WithTimeout(ctx, reqTimeout)
@@ -248,103 +232,6 @@ func head(ctx context.Context, url string) (int, int64, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, resp.ContentLength, nil
-}
-
-// errShort marks a body that ended before the expected size.
-var errShort = errors.New("short body")
-
-// get fetches url into a 1 MiB buffer, hashing it when verify is set, and
-// returns the time from sending the request to the last byte. The body must
-// be exactly size bytes, and with verify hash to dgst.
-func get(ctx context.Context, client *http.Client, url string, size int64, dgst string, verify bool, timeout time.Duration) (time.Duration, error) {
-	t, err := getSplit(ctx, client, url, size, dgst, verify, timeout)
-	return t.all, err
-}
-
-// timing is one GET: to the last byte, and to the last tailBytes (a node
-// streaming a download holds the last byte back until the blob verified
-// and is stored; buffers on the way may hold a few KiB more).
-type timing struct{ all, beforeTail time.Duration }
-
-// tailBytes is the end of a body whose arrival getSplit times apart.
-const tailBytes = 1 << 20
-
-// getSplit is get that also times the arrival of all but the last
-// tailBytes (all but the last byte of a smaller body).
-func getSplit(ctx context.Context, client *http.Client, url string, size int64, dgst string, verify bool, timeout time.Duration) (timing, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return timing{}, err
-	}
-	start := time.Now()
-	resp, err := client.Do(req)
-	if err != nil {
-		return timing{}, fmt.Errorf("GET %s: %w", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return timing{}, fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
-	}
-	var h hash.Hash
-	if verify {
-		h = sha256.New()
-	}
-	var t timing
-	n, err := readAll(resp.Body, h, tailMark(size), func() { t.beforeTail = time.Since(start) })
-	if err != nil {
-		return timing{}, fmt.Errorf("GET %s after %d bytes: %w", url, n, err)
-	}
-	t.all = time.Since(start)
-	if n != size {
-		return timing{}, fmt.Errorf("GET %s: %w: %d bytes, want %d", url, errShort, n, size)
-	}
-	if h != nil {
-		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != dgst {
-			return timing{}, fmt.Errorf("GET %s: body hashes to %s, want %s", url, got, dgst)
-		}
-	}
-	return t, nil
-}
-
-// tailMark is how many bytes of a size-byte body come before its tail.
-func tailMark(size int64) int64 {
-	if size > 2*tailBytes {
-		return size - tailBytes
-	}
-	return max(size-1, 0)
-}
-
-// readAll reads r to EOF through a 1 MiB buffer (io.Discard's ReadFrom
-// would read in 8 KiB steps), writing to h when not nil, and counts bytes.
-// at, when not nil, is called once when mark bytes have arrived.
-func readAll(r io.Reader, h hash.Hash, mark int64, at func()) (int64, error) {
-	buf := make([]byte, 1<<20)
-	var total int64
-	for {
-		n, err := r.Read(buf)
-		total += int64(n)
-		if h != nil {
-			h.Write(buf[:n])
-		}
-		if at != nil && total >= mark {
-			at()
-			at = nil
-		}
-		if errors.Is(err, io.EOF) {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-	}
-}
-
-// transferTimeout bounds one transfer of size bytes: 30 s plus 20 MB/s.
-func transferTimeout(size int64) time.Duration {
-	return 30*time.Second + time.Duration(float64(size)/20e6*float64(time.Second))
 }
 
 // blobURL is where base serves blob dgst of repo; ns names the upstream.

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
+
+	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
 )
 
 // Goals from issue 3.
@@ -21,25 +18,15 @@ const (
 
 // Results is everything one run measured; results.json is this value.
 type Results struct {
-	Date      string    `json:"date"`
-	Machine   Machine   `json:"machine"`
-	SizeBytes int64     `json:"size_bytes"`
-	Runs      int       `json:"runs"`
-	Transfer  *Transfer `json:"transfer,omitempty"`
-	Misses    []Misses  `json:"misses,omitempty"`
-	Lookup    *Lookup   `json:"lookup,omitempty"`
-	Notes     []string  `json:"notes,omitempty"`
-	Failures  []string  `json:"failures,omitempty"`
-}
-
-// Machine describes where the numbers were taken.
-type Machine struct {
-	NProc     int    `json:"nproc"`
-	CPU       string `json:"cpu"`
-	Kernel    string `json:"kernel"`
-	GoVersion string `json:"go_version"`
-	LoadAvg   string `json:"loadavg_at_start"`
-	Imgmesh   string `json:"imgmesh"`
+	Date      string           `json:"date"`
+	Machine   benchkit.Machine `json:"machine"`
+	SizeBytes int64            `json:"size_bytes"`
+	Runs      int              `json:"runs"`
+	Transfer  *Transfer        `json:"transfer,omitempty"`
+	Misses    []Misses         `json:"misses,omitempty"`
+	Lookup    *Lookup          `json:"lookup,omitempty"`
+	Notes     []string         `json:"notes,omitempty"`
+	Failures  []string         `json:"failures,omitempty"`
 }
 
 // Transfer is (a), in GB/s (1e9 bytes/s), one entry per run.
@@ -104,7 +91,7 @@ func (r *Results) markdown(w io.Writer) {
 	fmt.Fprintf(w, "# imgmesh mesh benchmark\n\n%s · loopback (127.0.0.1) · fleet key on · mDNS off · "+
 		"GB/s = 1e9 bytes/s · ms = milliseconds\n", r.Date)
 	if t := r.Transfer; t != nil {
-		fmt.Fprintf(w, "\n## (a) Peer transfer of a %s blob, %d runs interleaved\n\n", sizeString(r.SizeBytes), r.Runs)
+		fmt.Fprintf(w, "\n## (a) Peer transfer of a %s blob, %d runs interleaved\n\n", benchkit.SizeString(r.SizeBytes), r.Runs)
 		fmt.Fprintf(w, "| path | median GB/s | runs (GB/s) |\n| --- | ---: | --- |\n")
 		fmt.Fprintf(w, "| verified peer transfer: cold GET through node B, fetched from node A over the data plane | **%.2f** | %s |\n",
 			t.PeerMedian, floats(t.PeerGBps))
@@ -114,7 +101,7 @@ func (r *Results) markdown(w io.Writer) {
 		fmt.Fprintf(w, "| raw libp2p stream (TCP, fleet PSK), receiver hashing sha256 | %.2f | %s |\n",
 			t.Libp2pMedian, floats(t.Libp2pGBps))
 		fmt.Fprintf(w, "\nPeer transfer vs goal (≥ %.1f GB/s): **%.2fx** (met: %s); vs local hit %.2fx; vs raw libp2p %.2fx. ",
-			t.Goal, t.RatioToGoal, yes(t.Met), ratio(t.PeerMedian, t.LocalMedian), ratio(t.PeerMedian, t.Libp2pMedian))
+			t.Goal, t.RatioToGoal, benchkit.Yes(t.Met), ratio(t.PeerMedian, t.LocalMedian), ratio(t.PeerMedian, t.Libp2pMedian))
 		fmt.Fprintf(w, "The last MiB (with the wait for verify, fsync, commit): median %.1f ms (%s). ", t.TailMedian, floats1(t.TailMS))
 		fmt.Fprintf(w, "Node B peak RSS (VmHWM) over the transfer: %.1f MB (max of runs; %s).\n",
 			float64(slices.Max(t.PeakRSS))/1e6, mbs(t.PeakRSS))
@@ -128,7 +115,7 @@ func (r *Results) markdown(w io.Writer) {
 		fmt.Fprintf(w, "| fleet | HEAD p50 | HEAD p99 | GET p50 | GET p99 | lookup p50 | lookup p99 | added p99 HEAD | added p99 GET | met |\n")
 		fmt.Fprintf(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 		for i, m := range r.Misses {
-			met := yes(m.Met)
+			met := benchkit.Yes(m.Met)
 			if i == 0 {
 				met = "baseline"
 			}
@@ -147,7 +134,7 @@ func (r *Results) markdown(w io.Writer) {
 		fmt.Fprintf(w, "| **lookup, estimated** (HEAD − baseline p50) | **%.2f** | %.2f | %d |\n", l.EstP50, l.EstP99, l.Found)
 		fmt.Fprintf(w, "| imgmesh_node_lookup_seconds (buckets, interpolated) | %.2f | %.2f | %.0f |\n", l.NodeHistP50, l.NodeHistP99, l.NodeHistCount)
 		fmt.Fprintf(w, "| imgmesh_provider_lookup_seconds (buckets, interpolated) | %.2f | %.2f | %.0f |\n", l.ProvHistP50, l.ProvHistP99, l.ProvHistCount)
-		fmt.Fprintf(w, "\nLookup p50 < %d ms: %s", goalLookupP50, yes(l.Met))
+		fmt.Fprintf(w, "\nLookup p50 < %d ms: %s", goalLookupP50, benchkit.Yes(l.Met))
 		if l.NotFound > 0 {
 			fmt.Fprintf(w, " (%d HEADs found no holder within %s)", l.NotFound, l.Budget)
 		}
@@ -166,29 +153,7 @@ func (r *Results) markdown(w io.Writer) {
 
 // write saves results.md and results.json in dir.
 func (r *Results) write(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("results dir: %w", err)
-	}
-	var md strings.Builder
-	r.markdown(&md)
-	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md.String()), 0o644); err != nil {
-		return fmt.Errorf("results.md: %w", err)
-	}
-	js, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return fmt.Errorf("results.json: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(js, '\n'), 0o644); err != nil {
-		return fmt.Errorf("results.json: %w", err)
-	}
-	return nil
-}
-
-func yes(b bool) string {
-	if b {
-		return "yes"
-	}
-	return "**no**"
+	return benchkit.WriteResults(dir, r.markdown, r)
 }
 
 func ratio(a, b float64) float64 {
@@ -212,41 +177,6 @@ func mbs(xs []int64) string {
 		s[i] = fmt.Sprintf("%.1f", float64(x)/1e6)
 	}
 	return strings.Join(s, " ")
-}
-
-// sizeString prints a byte count in the largest whole binary unit.
-func sizeString(n int64) string {
-	for _, u := range []struct {
-		s string
-		v int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.v && n%u.v == 0 {
-			return fmt.Sprintf("%d %s", n/u.v, u.s)
-		}
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-// machine gathers facts about the machine.
-func machine() Machine {
-	m := Machine{NProc: runtime.NumCPU(), GoVersion: runtime.Version(), CPU: "?", Kernel: "?", LoadAvg: "?"}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.Kernel = strings.TrimSpace(string(b))
-	}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		m.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
-	}
-	if f, err := os.Open("/proc/cpuinfo"); err == nil {
-		defer f.Close()
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPU = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	return m
 }
 
 func floats1(xs []float64) string {

@@ -21,28 +21,6 @@ func percentile(ds []time.Duration, q float64) time.Duration {
 	return s[max(0, min(i, len(s)-1))]
 }
 
-// median of xs (0 when empty).
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	mid := len(s) / 2
-	if len(s)%2 == 0 {
-		return (s[mid-1] + s[mid]) / 2
-	}
-	return s[mid]
-}
-
-// gbps is bytes per second in decimal gigabytes (1e9 bytes).
-func gbps(size int64, d time.Duration) float64 {
-	if d <= 0 {
-		return 0
-	}
-	return float64(size) / d.Seconds() / 1e9
-}
-
 // ms is d in milliseconds.
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
 )
 
 // config is the command line.
@@ -73,9 +75,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "serve: %v\n", err)
 		return 1
 	}
-	defer os.RemoveAll(tmp) // runs after stopAll: processes first, then files
-	ps := &procs{}
-	defer ps.stopAll()
+	defer os.RemoveAll(tmp) // runs after StopAll: processes first, then files
+	ps := &benchkit.Procs{}
+	defer ps.StopAll()
 
 	res, err := bench(ctx, cfg, ps, tmp, stderr)
 	if err != nil {
@@ -114,41 +116,40 @@ type target struct {
 	srv  *Server
 	base string // scheme://host:port
 	url  string // of the blob
-	proc *proc
+	proc *benchkit.Proc
 }
 
-func bench(ctx context.Context, cfg config, ps *procs, tmp string, log io.Writer) (*Results, error) {
+func bench(ctx context.Context, cfg config, ps *benchkit.Procs, tmp string, log io.Writer) (*Results, error) {
 	step := func(format string, a ...any) { fmt.Fprintf(log, "· "+format+"\n", a...) }
-	res := &Results{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), SizeBytes: cfg.size, Runs: cfg.runs}
+	res := &Results{Date: time.Now().UTC().Format(time.RFC3339), Machine: Machine{Machine: benchkit.ReadMachine()}, SizeBytes: cfg.size, Runs: cfg.runs}
 
 	bin := cfg.imgmesh
 	if bin == "" {
 		bin = filepath.Join(tmp, "imgmesh")
 		step("building imgmesh")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/imgmesh/imgmesh/cmd/imgmesh")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("go build ./cmd/imgmesh: %w\n%s", err, out)
+		if err := benchkit.BuildImgmesh(ctx, bin); err != nil {
+			return nil, err
 		}
 	}
 	nginx, nginxErr := exec.LookPath(cfg.nginx)
 	if nginxErr != nil && cfg.nginx == "nginx" {
 		nginx, nginxErr = exec.LookPath("/usr/sbin/nginx")
 	}
-	res.Machine.Imgmesh = strings.TrimPrefix(commandOutput(ctx, bin, "version"), "imgmesh ")
+	res.Machine.Imgmesh = strings.TrimPrefix(benchkit.CommandOutput(ctx, bin, "version"), "imgmesh ")
 	// "/usr/bin/docker-registry github.com/docker/distribution 2.8.2+ds1"
-	_, res.Machine.Registry, _ = strings.Cut(commandOutput(ctx, cfg.registry, "--version"), " ")
+	_, res.Machine.Registry, _ = strings.Cut(benchkit.CommandOutput(ctx, cfg.registry, "--version"), " ")
 	if nginxErr == nil {
-		res.Machine.Nginx = strings.TrimPrefix(commandOutput(ctx, nginx, "-v"), "nginx version: ")
+		res.Machine.Nginx = strings.TrimPrefix(benchkit.CommandOutput(ctx, nginx, "-v"), "nginx version: ")
 	}
 
-	step("writing a %s random blob", sizeString(cfg.size))
-	b, err := makeBlob(filepath.Join(tmp, "blob"), cfg.size)
+	step("writing a %s random blob", benchkit.SizeString(cfg.size))
+	b, err := benchkit.MakeBlob(filepath.Join(tmp, "blob"), cfg.size)
 	if err != nil {
 		return nil, err
 	}
-	client := newClient()
+	client := benchkit.NewClient()
 	defer client.CloseIdleConnections()
-	xfer := transferTimeout(cfg.size)
+	xfer := benchkit.TransferTimeout(cfg.size)
 
 	step("starting the imgmesh node and docker-registry")
 	nodeA, nodeURL, err := startNode(ctx, ps, bin, "imgmesh node", filepath.Join(tmp, "node-a"), "")
@@ -162,7 +163,7 @@ func bench(ctx context.Context, cfg config, ps *procs, tmp string, log io.Writer
 	if err := idle(ctx, cfg.idle); err != nil {
 		return nil, err
 	}
-	idleA, err := readMemory(nodeA.pid())
+	idleA, err := benchkit.ReadMemory(nodeA.PID())
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +176,7 @@ func bench(ctx context.Context, cfg config, ps *procs, tmp string, log io.Writer
 	for _, t := range targets {
 		step("pushing the blob to %s", t.srv.Name)
 		if err := push(ctx, client, t.base, b, xfer); err != nil {
-			return nil, fmt.Errorf("push to %s: %w\nlog: %s", t.srv.Name, err, t.proc.tail())
+			return nil, fmt.Errorf("push to %s: %w\nlog: %s", t.srv.Name, err, t.proc.Tail())
 		}
 	}
 	ng := &Server{Name: nameNginx}
@@ -183,7 +184,7 @@ func bench(ctx context.Context, cfg config, ps *procs, tmp string, log io.Writer
 		ng.Skipped = "nginx not found"
 		fmt.Fprintf(log, "note: nginx not found (%v): skipped\n", nginxErr)
 	} else {
-		p, base, err := startNginx(ctx, ps, nginx, filepath.Join(tmp, "nginx"), b.path)
+		p, base, err := startNginx(ctx, ps, nginx, filepath.Join(tmp, "nginx"), b.Path)
 		if err != nil {
 			return nil, err
 		}
@@ -194,17 +195,17 @@ func bench(ctx context.Context, cfg config, ps *procs, tmp string, log io.Writer
 	// and warms the page cache before anything is timed.
 	for _, t := range targets {
 		step("verifying %s", t.srv.Name)
-		if _, err := get(ctx, client, t.url, b, true, xfer); err != nil {
-			return nil, fmt.Errorf("%s: %w\nlog: %s", t.srv.Name, err, t.proc.tail())
+		if _, err := benchkit.Get(ctx, client, t.url, b.Size, b.Digest, true, xfer); err != nil {
+			return nil, fmt.Errorf("%s: %w\nlog: %s", t.srv.Name, err, t.proc.Tail())
 		}
 	}
 	for i := range cfg.runs {
 		for _, t := range targets {
-			d, err := get(ctx, client, t.url, b, false, xfer)
+			d, err := benchkit.Get(ctx, client, t.url, b.Size, b.Digest, false, xfer)
 			if err != nil {
-				return nil, fmt.Errorf("%s run %d: %w\nlog: %s", t.srv.Name, i+1, err, t.proc.tail())
+				return nil, fmt.Errorf("%s run %d: %w\nlog: %s", t.srv.Name, i+1, err, t.proc.Tail())
 			}
-			t.srv.GBps = append(t.srv.GBps, gbps(b.size, d))
+			t.srv.GBps = append(t.srv.GBps, benchkit.Gbps(b.Size, d))
 		}
 		step("run %d/%d done", i+1, cfg.runs)
 	}
@@ -230,7 +231,7 @@ func bench(ctx context.Context, cfg config, ps *procs, tmp string, log io.Writer
 		res.Failures = append(res.Failures, err.Error())
 	}
 	for _, t := range targets {
-		m, err := readMemory(t.proc.pid())
+		m, err := benchkit.ReadMemory(t.proc.PID())
 		if err != nil {
 			return nil, err
 		}
@@ -242,10 +243,10 @@ func bench(ctx context.Context, cfg config, ps *procs, tmp string, log io.Writer
 // pullThrough starts a second node whose only upstream is the registry,
 // reads its idle RSS, then times one cold GET of the blob through it and
 // reads its peak RSS. A verified GET afterwards proves what it stored.
-func pullThrough(ctx context.Context, cfg config, ps *procs, tmp, bin, regURL string, b blob,
+func pullThrough(ctx context.Context, cfg config, ps *benchkit.Procs, tmp, bin, regURL string, b benchkit.Blob,
 	res *Results, step func(string, ...any)) error {
 	step("starting a second node with docker-registry as its upstream")
-	hc := newClient()
+	hc := benchkit.NewClient()
 	defer hc.CloseIdleConnections()
 	nodeB, base, err := startNode(ctx, ps, bin, "imgmesh node B", filepath.Join(tmp, "node-b"), "bench="+regURL)
 	if err != nil {
@@ -254,26 +255,26 @@ func pullThrough(ctx context.Context, cfg config, ps *procs, tmp, bin, regURL st
 	if err := idle(ctx, cfg.idle); err != nil {
 		return err
 	}
-	idleB, err := readMemory(nodeB.pid())
+	idleB, err := benchkit.ReadMemory(nodeB.PID())
 	if err != nil {
 		return err
 	}
 	res.mem("pull-through node idle (VmRSS, upstream configured)", idleB.RSS, 0)
-	step("cold pull-through of %s", sizeString(b.size))
-	xfer := transferTimeout(b.size)
-	d, getErr := get(ctx, hc, blobURL(base, b)+"?ns=bench", b, false, xfer)
-	m, err := readMemory(nodeB.pid())
+	step("cold pull-through of %s", benchkit.SizeString(b.Size))
+	xfer := benchkit.TransferTimeout(b.Size)
+	d, getErr := benchkit.Get(ctx, hc, blobURL(base, b)+"?ns=bench", b.Size, b.Digest, false, xfer)
+	m, err := benchkit.ReadMemory(nodeB.PID())
 	if err != nil {
 		return err
 	}
-	res.mem(fmt.Sprintf("node peak (VmHWM) during a cold %s pull-through", sizeString(b.size)), m.Peak, goalPullThrouRSS)
+	res.mem(fmt.Sprintf("node peak (VmHWM) during a cold %s pull-through", benchkit.SizeString(b.Size)), m.Peak, goalPullThrouRSS)
 	if getErr != nil {
-		return fmt.Errorf("cold pull-through: %w (node log: %s)", getErr, nodeB.tail())
+		return fmt.Errorf("cold pull-through: %w (node log: %s)", getErr, nodeB.Tail())
 	}
-	res.PullThrough = &PullThrough{Seconds: d.Seconds(), GBps: gbps(b.size, d)}
+	res.PullThrough = &PullThrough{Seconds: d.Seconds(), GBps: benchkit.Gbps(b.Size, d)}
 	step("verifying what the pull-through node serves now")
-	if _, err := get(ctx, hc, blobURL(base, b)+"?ns=bench", b, true, xfer); err != nil {
-		return fmt.Errorf("GET after pull-through: %w (node log: %s)", err, nodeB.tail())
+	if _, err := benchkit.Get(ctx, hc, blobURL(base, b)+"?ns=bench", b.Size, b.Digest, true, xfer); err != nil {
+		return fmt.Errorf("GET after pull-through: %w (node log: %s)", err, nodeB.Tail())
 	}
 	return nil
 }

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
+
+	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
 )
 
 // Results is everything one run measured; results.json is this value.
@@ -27,14 +24,9 @@ type Results struct {
 
 // Machine describes where the numbers were taken.
 type Machine struct {
-	NProc     int    `json:"nproc"`
-	CPU       string `json:"cpu"`
-	Kernel    string `json:"kernel"`
-	GoVersion string `json:"go_version"`
-	LoadAvg   string `json:"loadavg_at_start"`
-	Imgmesh   string `json:"imgmesh"`
-	Registry  string `json:"registry"`
-	Nginx     string `json:"nginx,omitempty"`
+	benchkit.Machine
+	Registry string `json:"registry"`
+	Nginx    string `json:"nginx,omitempty"`
 }
 
 // Server is the GET throughput of one server, in GB/s (1e9 bytes/s), one
@@ -89,7 +81,7 @@ func (r *Results) markdown(w io.Writer) {
 	fmt.Fprintf(w, "# imgmesh serving benchmark\n\n")
 	fmt.Fprintf(w, "%s · %s blob · %d GET runs per server, interleaved · loopback, one stream · "+
 		"GB/s = 1e9 bytes/s, Go client reading into a 1 MiB discard buffer\n\n",
-		r.Date, sizeString(r.SizeBytes), r.Runs)
+		r.Date, benchkit.SizeString(r.SizeBytes), r.Runs)
 	fmt.Fprintf(w, "| server | median GB/s | best GB/s | runs (GB/s) |\n| --- | ---: | ---: | --- |\n")
 	for _, s := range r.Servers {
 		if s.Skipped != "" {
@@ -105,7 +97,7 @@ func (r *Results) markdown(w io.Writer) {
 	if len(r.Ratios) > 0 {
 		fmt.Fprintf(w, "\n| ratio of medians | value | goal | met |\n| --- | ---: | ---: | --- |\n")
 		for _, q := range r.Ratios {
-			fmt.Fprintf(w, "| %s | %.2fx | ≥ %.1fx | %s |\n", q.Name, q.Value, q.Goal, yes(q.Met))
+			fmt.Fprintf(w, "| %s | %.2fx | ≥ %.1fx | %s |\n", q.Name, q.Value, q.Goal, benchkit.Yes(q.Met))
 		}
 	}
 	if r.PullThrough != nil {
@@ -117,7 +109,7 @@ func (r *Results) markdown(w io.Writer) {
 		for _, m := range r.Memory {
 			goal, met := "–", "–"
 			if m.Goal > 0 {
-				goal, met = fmt.Sprintf("< %d", m.Goal/1e6), yes(m.Met)
+				goal, met = fmt.Sprintf("< %d", m.Goal/1e6), benchkit.Yes(m.Met)
 			}
 			fmt.Fprintf(w, "| %s | %.1f | %s | %s |\n", m.Name, float64(m.Bytes)/1e6, goal, met)
 		}
@@ -139,62 +131,5 @@ func (r *Results) markdown(w io.Writer) {
 
 // write saves results.md and results.json in dir.
 func (r *Results) write(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("results dir: %w", err)
-	}
-	var md strings.Builder
-	r.markdown(&md)
-	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md.String()), 0o644); err != nil {
-		return fmt.Errorf("results.md: %w", err)
-	}
-	js, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return fmt.Errorf("results.json: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(js, '\n'), 0o644); err != nil {
-		return fmt.Errorf("results.json: %w", err)
-	}
-	return nil
-}
-
-func yes(b bool) string {
-	if b {
-		return "yes"
-	}
-	return "**no**"
-}
-
-// sizeString prints a byte count in the largest whole binary unit.
-func sizeString(n int64) string {
-	for _, u := range []struct {
-		s string
-		v int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.v && n%u.v == 0 {
-			return fmt.Sprintf("%d %s", n/u.v, u.s)
-		}
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-// machine gathers the facts that do not need a server.
-func machine() Machine {
-	m := Machine{NProc: runtime.NumCPU(), GoVersion: runtime.Version(), CPU: "?", Kernel: "?", LoadAvg: "?"}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.Kernel = strings.TrimSpace(string(b))
-	}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		m.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
-	}
-	if f, err := os.Open("/proc/cpuinfo"); err == nil {
-		defer f.Close()
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPU = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	return m
+	return benchkit.WriteResults(dir, r.markdown, r)
 }

@@ -7,11 +7,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
 )
 
 // repo is the repository the blob is pushed to and pulled from.
@@ -22,8 +23,8 @@ const readyTimeout = 20 * time.Second
 
 // startNode starts `imgmesh serve` on a free loopback port with its data in
 // dir; upstream is "" (no upstream) or a NAME=URL pair.
-func startNode(ctx context.Context, ps *procs, bin, name, dir, upstream string) (*proc, string, error) {
-	port, err := freePort()
+func startNode(ctx context.Context, ps *benchkit.Procs, bin, name, dir, upstream string) (*benchkit.Proc, string, error) {
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
@@ -32,19 +33,19 @@ func startNode(ctx context.Context, ps *procs, bin, name, dir, upstream string) 
 	if upstream != "" {
 		up = upstream
 	}
-	p, err := ps.start(name, dir+".log", bin, "serve", "--mesh=false",
+	p, err := ps.Start(name, dir+".log", bin, "serve", "--mesh=false",
 		"--data-dir", dir, "--listen", "127.0.0.1:"+strconv.Itoa(port),
 		"--upstream", up, "--restrict-upstreams", "--log-level", "warn")
 	if err != nil {
 		return nil, "", err
 	}
-	return p, base, waitReady(ctx, p, base+"/v2/", readyTimeout)
+	return p, base, benchkit.WaitReady(ctx, p, base+"/v2/", readyTimeout)
 }
 
 // startRegistry starts Debian's docker-registry (distribution 2.8.2) with
 // filesystem storage under dir.
-func startRegistry(ctx context.Context, ps *procs, bin, dir string) (*proc, string, error) {
-	port, err := freePort()
+func startRegistry(ctx context.Context, ps *benchkit.Procs, bin, dir string) (*benchkit.Proc, string, error) {
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
@@ -68,18 +69,18 @@ http:
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, "", fmt.Errorf("registry config: %w", err)
 	}
-	p, err := ps.start("docker-registry", filepath.Join(dir, "registry.log"), bin, "serve", confPath)
+	p, err := ps.Start("docker-registry", filepath.Join(dir, "registry.log"), bin, "serve", confPath)
 	if err != nil {
 		return nil, "", err
 	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	return p, base, waitReady(ctx, p, base+"/v2/", readyTimeout)
+	return p, base, benchkit.WaitReady(ctx, p, base+"/v2/", readyTimeout)
 }
 
 // startNginx serves blobFile as /blob from nginx with sendfile, as one
 // foreground process whose pid, logs and temp paths are all under dir.
-func startNginx(ctx context.Context, ps *procs, bin, dir, blobFile string) (*proc, string, error) {
-	port, err := freePort()
+func startNginx(ctx context.Context, ps *benchkit.Procs, bin, dir, blobFile string) (*benchkit.Proc, string, error) {
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
@@ -122,13 +123,13 @@ http {
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, "", fmt.Errorf("nginx config: %w", err)
 	}
-	p, err := ps.start("nginx", filepath.Join(dir, "stderr.log"), bin,
+	p, err := ps.Start("nginx", filepath.Join(dir, "stderr.log"), bin,
 		"-e", filepath.Join(dir, "error.log"), "-p", dir, "-c", confPath)
 	if err != nil {
 		return nil, "", err
 	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	return p, base, waitReady(ctx, p, base+"/", readyTimeout)
+	return p, base, benchkit.WaitReady(ctx, p, base+"/", readyTimeout)
 }
 
 func copyFile(src, dst string) error {
@@ -150,7 +151,7 @@ func copyFile(src, dst string) error {
 
 // push uploads the blob to a registry's API: POST to open an upload, then
 // one PUT with the whole body and ?digest= to commit it.
-func push(ctx context.Context, client *http.Client, base string, b blob, timeout time.Duration) error {
+func push(ctx context.Context, client *http.Client, base string, b benchkit.Blob, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := base + "/v2/" + repo + "/blobs/uploads/"
@@ -172,10 +173,10 @@ func push(ctx context.Context, client *http.Client, base string, b blob, timeout
 	u, _ := url.Parse(start)
 	u = u.ResolveReference(loc)
 	q := u.Query()
-	q.Set("digest", b.digest)
+	q.Set("digest", b.Digest)
 	u.RawQuery = q.Encode()
 
-	f, err := os.Open(b.path)
+	f, err := os.Open(b.Path)
 	if err != nil {
 		return err
 	}
@@ -184,7 +185,7 @@ func push(ctx context.Context, client *http.Client, base string, b blob, timeout
 	if err != nil {
 		return err
 	}
-	req.ContentLength = b.size
+	req.ContentLength = b.Size
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err = client.Do(req)
 	if err != nil {
@@ -207,18 +208,6 @@ func expect(resp *http.Response, want int) error {
 }
 
 // blobURL is where base serves the blob through the registry API.
-func blobURL(base string, b blob) string {
-	return base + "/v2/" + repo + "/blobs/" + b.digest
-}
-
-// commandOutput is the first line of a command's output, or "?".
-func commandOutput(ctx context.Context, argv ...string) string {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-	if err != nil {
-		return "?"
-	}
-	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	return line
+func blobURL(base string, b benchkit.Blob) string {
+	return base + "/v2/" + repo + "/blobs/" + b.Digest
 }

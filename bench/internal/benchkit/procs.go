@@ -1,4 +1,4 @@
-package main
+package benchkit
 
 import (
 	"bufio"
@@ -16,25 +16,26 @@ import (
 	"time"
 )
 
-// proc is one process the benchmark started, tracked by PID.
-type proc struct {
-	name string
+// Proc is one process a benchmark started, tracked by PID.
+type Proc struct {
+	Name string // in logs and errors
 	cmd  *exec.Cmd
 	log  string        // file holding its stdout and stderr
 	done chan struct{} // closed when the process has exited
 	err  error         // Wait's result, valid after done
 }
 
-// procs starts processes and ends exactly those, by PID.
-type procs struct {
+// Procs starts processes and ends exactly those, by PID. The zero value is
+// ready to use.
+type Procs struct {
 	mu   sync.Mutex
-	list []*proc
+	list []*Proc
 }
 
-// start runs argv with its output in logFile. The child gets its own
+// Start runs argv with its output in logFile. The child gets its own
 // process group (a terminal's Ctrl-C reaches only the benchmark, which then
 // kills it by PID) and SIGKILL if the benchmark itself dies.
-func (ps *procs) start(name, logFile string, argv ...string) (*proc, error) {
+func (ps *Procs) Start(name, logFile string, argv ...string) (*Proc, error) {
 	f, err := os.Create(logFile)
 	if err != nil {
 		return nil, fmt.Errorf("%s log: %w", name, err)
@@ -46,7 +47,7 @@ func (ps *procs) start(name, logFile string, argv ...string) (*proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, log: logFile, done: make(chan struct{})}
+	p := &Proc{Name: name, cmd: cmd, log: logFile, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -57,10 +58,13 @@ func (ps *procs) start(name, logFile string, argv ...string) (*proc, error) {
 	return p, nil
 }
 
-// pid is the process ID.
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+// PID is the process ID.
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
 
-func (p *proc) exited() bool {
+// Done is closed when the process has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+func (p *Proc) exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -69,57 +73,57 @@ func (p *proc) exited() bool {
 	}
 }
 
-// signal sends sig to the process unless it has exited.
-func (p *proc) signal(sig syscall.Signal) error {
+// Signal sends sig to the process unless it has exited.
+func (p *Proc) Signal(sig syscall.Signal) error {
 	if p.exited() {
 		return nil
 	}
 	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("%s (pid %d): %s: %w", p.name, p.pid(), sig, err)
+		return fmt.Errorf("%s (pid %d): %s: %w", p.Name, p.PID(), sig, err)
 	}
 	return nil
 }
 
-// kill sends SIGKILL (which also ends a stopped process) and waits for the
+// Kill sends SIGKILL (which also ends a stopped process) and waits for the
 // exit, bounded.
-func (p *proc) kill() {
-	_ = p.signal(syscall.SIGKILL)
+func (p *Proc) Kill() {
+	_ = p.Signal(syscall.SIGKILL)
 	select {
 	case <-p.done:
 	case <-time.After(10 * time.Second):
 	}
 }
 
-// stop ends the process: SIGTERM, then SIGKILL after grace.
-func (p *proc) stop(grace time.Duration) {
+// Stop ends the process: SIGTERM, then SIGKILL after grace.
+func (p *Proc) Stop(grace time.Duration) {
 	if p.exited() {
 		return
 	}
-	_ = p.signal(syscall.SIGCONT) // a stopped process must run to see SIGTERM
-	_ = p.signal(syscall.SIGTERM)
+	_ = p.Signal(syscall.SIGCONT) // a stopped process must run to see SIGTERM
+	_ = p.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
 	case <-time.After(grace):
-		p.kill()
+		p.Kill()
 	}
 }
 
-// stopAll stops every process still running, all at once: SIGTERM to each,
-// then SIGKILL to those still there after grace.
-func (ps *procs) stopAll() {
+// StopAll stops every process still running, all at once: SIGTERM to each,
+// then SIGKILL to those still there after 3 s.
+func (ps *Procs) StopAll() {
 	ps.mu.Lock()
 	list := ps.list
 	ps.list = nil
 	ps.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, p := range list {
-		wg.Go(func() { p.stop(3 * time.Second) })
+		wg.Go(func() { p.Stop(3 * time.Second) })
 	}
 	wg.Wait()
 }
 
-// tail is the end of the process's log on one line, to explain a failure.
-func (p *proc) tail() string {
+// Tail is the end of the process's log on one line, to explain a failure.
+func (p *Proc) Tail() string {
 	b, err := os.ReadFile(p.log)
 	if err != nil {
 		return ""
@@ -131,10 +135,10 @@ func (p *proc) tail() string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", " | ")), " ")
 }
 
-// waitReady polls url until it answers with a status below 500 or the
+// WaitReady polls url until it answers with a status below 500 or the
 // deadline passes; a process that exits meanwhile fails at once.
-func waitReady(ctx context.Context, p *proc, url string, timeout time.Duration) error {
-	return poll(ctx, p, timeout, "ready at "+url, func(ctx context.Context) (bool, error) {
+func WaitReady(ctx context.Context, p *Proc, url string, timeout time.Duration) error {
+	return Poll(ctx, p, timeout, "ready at "+url, func(ctx context.Context) (bool, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return false, err
@@ -148,9 +152,9 @@ func waitReady(ctx context.Context, p *proc, url string, timeout time.Duration) 
 	})
 }
 
-// poll calls cond every 50 ms (each call bounded by 2 s) until it holds,
+// Poll calls cond every 50 ms (each call bounded by 2 s) until it holds,
 // fails, p exits (p may be nil) or timeout passes.
-func poll(ctx context.Context, p *proc, timeout time.Duration, what string, cond func(context.Context) (bool, error)) error {
+func Poll(ctx context.Context, p *Proc, timeout time.Duration, what string, cond func(context.Context) (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -168,10 +172,10 @@ func poll(ctx context.Context, p *proc, timeout time.Duration, what string, cond
 		}
 		select {
 		case <-done:
-			return fmt.Errorf("%s exited before %s (%v): %s", p.name, what, p.err, p.tail())
+			return fmt.Errorf("%s exited before %s (%v): %s", p.Name, what, p.err, p.Tail())
 		case <-ctx.Done():
 			if p != nil {
-				return fmt.Errorf("%s not %s: %w: %s", p.name, what, ctx.Err(), p.tail())
+				return fmt.Errorf("%s not %s: %w: %s", p.Name, what, ctx.Err(), p.Tail())
 			}
 			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
 		case <-tick.C:
@@ -179,8 +183,8 @@ func poll(ctx context.Context, p *proc, timeout time.Duration, what string, cond
 	}
 }
 
-// freePort asks the kernel for a free TCP port on loopback.
-func freePort() (int, error) {
+// FreePort asks the kernel for a free TCP port on loopback.
+func FreePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("free port: %w", err)
@@ -189,20 +193,20 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// memory is a process's resident set from /proc/PID/status, in bytes.
-type memory struct {
+// Memory is a process's resident set from /proc/PID/status, in bytes.
+type Memory struct {
 	RSS  int64 // VmRSS: resident now
 	Peak int64 // VmHWM: highest resident since start
 }
 
-// readMemory reads VmRSS and VmHWM of pid.
-func readMemory(pid int) (memory, error) {
+// ReadMemory reads VmRSS and VmHWM of pid.
+func ReadMemory(pid int) (Memory, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return memory{}, fmt.Errorf("memory of pid %d: %w", pid, err)
+		return Memory{}, fmt.Errorf("memory of pid %d: %w", pid, err)
 	}
 	defer f.Close()
-	var m memory
+	var m Memory
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		key, val, ok := strings.Cut(sc.Text(), ":")
@@ -211,7 +215,7 @@ func readMemory(pid int) (memory, error) {
 		}
 		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
 		if err != nil {
-			return memory{}, fmt.Errorf("pid %d %s %q: %w", pid, key, val, err)
+			return Memory{}, fmt.Errorf("pid %d %s %q: %w", pid, key, val, err)
 		}
 		if key == "VmRSS" {
 			m.RSS = kb << 10
@@ -220,10 +224,10 @@ func readMemory(pid int) (memory, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return memory{}, fmt.Errorf("memory of pid %d: %w", pid, err)
+		return Memory{}, fmt.Errorf("memory of pid %d: %w", pid, err)
 	}
 	if m.RSS == 0 || m.Peak == 0 {
-		return memory{}, errors.New("no VmRSS/VmHWM in /proc status")
+		return Memory{}, errors.New("no VmRSS/VmHWM in /proc status")
 	}
 	return m, nil
 }
