@@ -116,30 +116,44 @@ func (w *fileWriter) Sum() digest.Digest {
 }
 
 // Commit verifies, fsyncs and renames the temp file into place. On any error
-// the temp file is removed and nothing becomes visible.
+// the temp file is removed and nothing becomes visible. Readers keep reading
+// while it verifies and fsyncs; only the close and rename exclude them.
 func (w *fileWriter) Commit(ctx context.Context, size int64, expected digest.Digest) (Info, error) {
-	w.wmu.Lock()
+	w.wmu.Lock() // no more writes (Cancel also takes it: the file stays open below)
 	defer w.wmu.Unlock()
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.mu.RLock()
 	if w.file == nil {
+		w.mu.RUnlock()
 		return Info{}, ErrClosed
 	}
-	info, err := w.commitLocked(ctx, size, expected)
+	n, err := w.verifyAndSync(ctx, size, expected)
+	w.mu.RUnlock()
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err == nil {
+		err = w.file.Close()
+		w.file = nil
+		if err == nil {
+			err = w.f.place(w.name, expected, n)
+		}
+	}
 	if err != nil {
 		w.discardLocked()
 		return Info{}, fmt.Errorf("commit %s: %w", expected, err)
 	}
-	return info, nil
+	return Info{Digest: expected, Size: n}, nil
 }
 
-func (w *fileWriter) commitLocked(ctx context.Context, size int64, expected digest.Digest) (Info, error) {
+// verifyAndSync checks size and digest and fsyncs the temp file; it needs
+// w.wmu held and w.mu at least shared.
+func (w *fileWriter) verifyAndSync(ctx context.Context, size int64, expected digest.Digest) (int64, error) {
 	if err := CheckDigest(expected); err != nil {
-		return Info{}, err
+		return 0, err
 	}
 	n := w.size.Load()
 	if size >= 0 && n != size {
-		return Info{}, fmt.Errorf("got %d bytes, want %d: %w", n, size, ErrSizeMismatch)
+		return 0, fmt.Errorf("got %d bytes, want %d: %w", n, size, ErrSizeMismatch)
 	}
 	var got digest.Digest
 	switch expected.Algorithm() {
@@ -150,27 +164,19 @@ func (w *fileWriter) commitLocked(ctx context.Context, size int64, expected dige
 		// are rehashed from disk.
 		var err error
 		if got, err = rehash(ctx, w.file, n); err != nil {
-			return Info{}, fmt.Errorf("rehash: %w", err)
+			return 0, fmt.Errorf("rehash: %w", err)
 		}
 	}
 	if got != expected {
-		return Info{}, fmt.Errorf("got %s, want %s: %w", got, expected, ErrDigestMismatch)
+		return 0, fmt.Errorf("got %s, want %s: %w", got, expected, ErrDigestMismatch)
 	}
 	if err := ctx.Err(); err != nil {
-		return Info{}, err
+		return 0, err
 	}
 	if err := w.file.Sync(); err != nil {
-		return Info{}, fmt.Errorf("fsync: %w", err)
+		return 0, fmt.Errorf("fsync: %w", err)
 	}
-	err := w.file.Close()
-	w.file = nil
-	if err != nil {
-		return Info{}, err
-	}
-	if err := w.f.place(w.name, expected, n); err != nil {
-		return Info{}, err
-	}
-	return Info{Digest: expected, Size: n}, nil
+	return n, nil
 }
 
 // discardLocked closes and removes the temp file.

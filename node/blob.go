@@ -33,9 +33,13 @@ func (n *Node) Blob(ctx context.Context, name Name, d digest.Digest, head bool) 
 		if dl == nil {
 			continue // committed meanwhile: serve it from the store
 		}
+		joined := dl.state()
 		size, kind, err := dl.waitSize(ctx)
 		if err != nil {
 			return Content{}, err
+		}
+		if joined.verified || joined.committed {
+			kind = "local" // it was on local disk, verified, when this reader came
 		}
 		c := Content{Digest: d, Size: size, Source: kind}
 		if !head {

@@ -148,7 +148,11 @@ func (dl *download) readAt(p []byte, off int64) (int, error) {
 	if dl.w == nil {
 		return 0, errReleased
 	}
-	return dl.w.ReadAt(p, off)
+	k, err := dl.w.ReadAt(p, off)
+	if errors.Is(err, blobstore.ErrClosed) { // committing: read the stored file soon
+		err = errReleased
+	}
+	return k, err
 }
 
 // fetch copies the blob into a store writer from the first source that
@@ -235,8 +239,8 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 		dl.markVerified()
 	}
 
+	_, err = w.Commit(ctx, size, dl.d) // followers read on until it closes the file
 	dl.wmu.Lock()
-	_, err = w.Commit(ctx, size, dl.d)
 	dl.w = nil // followers now wait for markCommitted (after the link)
 	dl.wmu.Unlock()
 	if err != nil {
