@@ -88,9 +88,6 @@ func (o *origin) reset() {
 	o.seen = nil
 }
 
-// host is the origin's host:port as the client reaches it.
-func (o *origin) host() string { return strings.TrimPrefix(o.srv.URL, "http://") }
-
 // pushImage writes img to repo:tag through the push server.
 func (o *origin) pushImage(t *testing.T, repo, tag string, img v1.Image) {
 	t.Helper()
