@@ -37,6 +37,8 @@ type Transfer struct {
 	StreamMedian float64   `json:"peer_before_tail_median_gbps"`
 	TailMS       []float64 `json:"peer_tail_ms"`
 	TailMedian   float64   `json:"peer_tail_median_ms"`
+	NodeGBps     []float64 `json:"node_to_node_gbps"`
+	NodeMedian   float64   `json:"node_to_node_median_gbps"`
 	LocalGBps    []float64 `json:"local_gbps"`
 	LocalMedian  float64   `json:"local_median_gbps"`
 	Libp2pGBps   []float64 `json:"libp2p_gbps"`
@@ -97,6 +99,8 @@ func (r *Results) markdown(w io.Writer) {
 			t.PeerMedian, floats(t.PeerGBps))
 		fmt.Fprintf(w, "| the same, all but the last MiB (the node holds the last byte until verified and stored) | %.2f | %s |\n",
 			t.StreamMedian, floats(t.StreamGBps))
+		fmt.Fprintf(w, "| node to node: B fetches from A into its store, verified and committed, no client reading along | %.2f | %s |\n",
+			t.NodeMedian, floats(t.NodeGBps))
 		fmt.Fprintf(w, "| local hit: GET from node A's store | %.2f | %s |\n", t.LocalMedian, floats(t.LocalGBps))
 		fmt.Fprintf(w, "| raw libp2p stream (TCP, fleet PSK), receiver hashing sha256 | %.2f | %s |\n",
 			t.Libp2pMedian, floats(t.Libp2pGBps))

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -85,6 +86,12 @@ func transfer(ctx context.Context, e *env, res *Results) error {
 		t.StreamGBps = append(t.StreamGBps, benchkit.Gbps(benchkit.TailMark(b.Size), c.BeforeTail))
 		t.TailMS = append(t.TailMS, ms(c.All-c.BeforeTail))
 
+		nd, err := nodeToNode(ctx, e, a, b, run)
+		if err != nil {
+			return fmt.Errorf("node-to-node run %d: %w", run+1, err)
+		}
+		t.NodeGBps = append(t.NodeGBps, benchkit.Gbps(b.Size, nd))
+
 		d, err = libp2pStream(ctx, h1, h2.ID(), b, xfer)
 		if err != nil {
 			return fmt.Errorf("libp2p stream run %d: %w", run+1, err)
@@ -95,6 +102,7 @@ func transfer(ctx context.Context, e *env, res *Results) error {
 	}
 	t.PeerMedian, t.LocalMedian, t.Libp2pMedian = benchkit.Median(t.PeerGBps), benchkit.Median(t.LocalGBps), benchkit.Median(t.Libp2pGBps)
 	t.StreamMedian, t.TailMedian = benchkit.Median(t.StreamGBps), benchkit.Median(t.TailMS)
+	t.NodeMedian = benchkit.Median(t.NodeGBps)
 	t.RatioToGoal = t.PeerMedian / goalTransfer
 	t.Met = t.PeerMedian >= goalTransfer
 	res.Transfer = t
@@ -106,28 +114,11 @@ func transfer(ctx context.Context, e *env, res *Results) error {
 // through B, which fetches from A, verifies and streams. It returns the
 // timing and B's VmHWM after; the first run also checks what B then serves.
 func coldPeer(ctx context.Context, e *env, a *node, b benchkit.Blob, run int) (benchkit.Timing, int64, error) {
-	o := e.opts(fmt.Sprintf("xfer-b%d", run+1), "none", "500ms")
-	o.join = []string{a.gossip}
-	nodes, err := startNodes(ctx, e.ps, []nodeOpts{o})
+	nb, url, stop, err := freshB(ctx, e, a, b, fmt.Sprintf("xfer-b%d", run+1))
 	if err != nil {
 		return benchkit.Timing{}, 0, err
 	}
-	nb := nodes[0]
-	defer func() {
-		nb.p.Stop(5 * time.Second)
-		os.RemoveAll(o.dir)
-	}()
-	if err := waitFleet(ctx, []*node{nb}, 2); err != nil {
-		return benchkit.Timing{}, 0, err
-	}
-	url := blobURL(nb.base, transferRepo, b.Digest, "")
-	err = benchkit.Poll(ctx, nb.p, fleetTimeout, "seeing the blob", func(ctx context.Context) (bool, error) {
-		code, size, err := head(ctx, url)
-		return err == nil && code == 200 && size == b.Size, nil
-	})
-	if err != nil {
-		return benchkit.Timing{}, 0, err
-	}
+	defer stop()
 	hc := benchkit.NewClient()
 	defer hc.CloseIdleConnections()
 	xfer := benchkit.TransferTimeout(b.Size)
@@ -146,6 +137,77 @@ func coldPeer(ctx context.Context, e *env, a *node, b benchkit.Blob, run int) (b
 		}
 	}
 	return t, m.Peak, nil
+}
+
+// freshB starts a new node B in A's fleet and waits until it can see the
+// blob (HEAD 200: a lookup and a peer stat, no bytes moved).
+func freshB(ctx context.Context, e *env, a *node, b benchkit.Blob, name string) (*node, string, func(), error) {
+	o := e.opts(name, "none", "500ms")
+	o.join = []string{a.gossip}
+	nodes, err := startNodes(ctx, e.ps, []nodeOpts{o})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	nb := nodes[0]
+	stop := func() {
+		nb.p.Stop(5 * time.Second)
+		os.RemoveAll(o.dir)
+	}
+	url := blobURL(nb.base, transferRepo, b.Digest, "")
+	err = waitFleet(ctx, []*node{nb}, 2)
+	if err == nil {
+		err = benchkit.Poll(ctx, nb.p, fleetTimeout, "seeing the blob", func(ctx context.Context) (bool, error) {
+			code, size, err := head(ctx, url)
+			return err == nil && code == 200 && size == b.Size, nil
+		})
+	}
+	if err != nil {
+		stop()
+		return nil, "", nil, err
+	}
+	return nb, url, stop, nil
+}
+
+// nodeToNode times node B fetching the blob from A into its store with no
+// client reading along: a 1-byte range request starts B's download, then
+// B's status is polled until it has received every byte from A (verified
+// as they arrive; the last byte only counts once the digest matched).
+func nodeToNode(ctx context.Context, e *env, a *node, b benchkit.Blob, run int) (time.Duration, error) {
+	nb, url, stop, err := freshB(ctx, e, a, b, fmt.Sprintf("xfer-n%d", run+1))
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, benchkit.TransferTimeout(b.Size))
+	defer cancel()
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Range", "bytes=0-0")
+	resp, err := ctl.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	for {
+		var st struct {
+			StoreBlobs int64 `json:"store_blobs"`
+		}
+		if err := getJSON(ctx, nb.base+"/api/v1/status", &st); err != nil {
+			return 0, err
+		}
+		if st.StoreBlobs >= 1 { // verified, fsynced and committed
+			return time.Since(start), nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("node B did not store the blob: %w (log: %s)", ctx.Err(), nb.p.Tail())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
 }
 
 const benchProtocol = "/imgmesh/bench/blob/1"
