@@ -29,16 +29,15 @@ func (n *Node) Blob(ctx context.Context, name Name, d digest.Digest, head bool) 
 		if head && n.inflight(d) == nil {
 			return n.statElsewhere(ctx, name, d)
 		}
-		dl := n.join(ctx, name, d)
+		dl, onDisk := n.join(ctx, name, d)
 		if dl == nil {
 			continue // committed meanwhile: serve it from the store
 		}
-		joined := dl.state()
 		size, kind, err := dl.waitSize(ctx)
 		if err != nil {
 			return Content{}, err
 		}
-		if joined.verified || joined.committed {
+		if onDisk {
 			kind = "local" // it was on local disk, verified, when this reader came
 		}
 		c := Content{Digest: d, Size: size, Source: kind}
@@ -75,24 +74,26 @@ func (n *Node) inflight(d digest.Digest) *download {
 }
 
 // join returns the download of d in flight, starting one if needed, or nil
-// when the blob is (now) in the store.
-func (n *Node) join(ctx context.Context, name Name, d digest.Digest) *download {
+// when the blob is (now) in the store. onDisk: the download was already
+// running and had verified every byte when this reader came.
+func (n *Node) join(ctx context.Context, name Name, d digest.Digest) (dl *download, onDisk bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if dl := n.downloads[d]; dl != nil {
 		dl.addKey(n.Key(name))
-		return dl
+		s := dl.state()
+		return dl, s.verified || s.committed
 	}
 	if _, err := n.store.Stat(ctx, d); err == nil {
-		return nil
+		return nil, false
 	}
 	dctx, cancel := context.WithCancel(context.Background())
-	dl := newDownload(d, cancel)
+	dl = newDownload(d, cancel)
 	dl.addKey(n.Key(name))
 	if n.closed {
 		cancel()
 		dl.finish(errors.New("node is shutting down"))
-		return dl
+		return dl, false
 	}
 	n.downloads[d] = dl
 	n.wg.Add(1)
@@ -109,7 +110,7 @@ func (n *Node) join(ctx context.Context, name Name, d digest.Digest) *download {
 		delete(n.downloads, d)
 		n.mu.Unlock()
 	}()
-	return dl
+	return dl, false
 }
 
 // statElsewhere answers a HEAD for a blob the node lacks without fetching
