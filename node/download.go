@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -182,12 +183,36 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	var errs []sourceErr
 	var peersUsed []string // peers whose bytes went in: blamed if the blob does not verify
 	upstreamRetries := 0
-	for len(srcs) > 0 && (size < 0 || w.Size() < size) {
+	refreshed := false
+	gone := map[string]bool{} // peers dropped from this download
+	for size < 0 || w.Size() < size {
+		if len(srcs) == 0 {
+			if refreshed || w.Size() == 0 {
+				break
+			}
+			// Every source failed mid-blob: holders that announced since the
+			// start (or whose announcement was still on its way) may finish it.
+			refreshed = true
+			for _, src := range n.blobSources(ctx, name, dl.d) {
+				if src.kind != "peer" || !gone[src.from] {
+					srcs = append(srcs, src)
+				}
+			}
+			if upstreamRetries >= maxAttempts-1 { // upstream already had its tries
+				srcs = slices.DeleteFunc(srcs, func(s source) bool { return s.kind == "upstream" })
+			}
+			if len(srcs) == 0 {
+				break
+			}
+		}
 		r, failed := openFirst(ctx, srcs, w.Size())
 		errs = append(errs, failed...)
 		drop := map[int]bool{}
 		for _, f := range failed {
 			drop[f.i] = true
+			if f.i >= 0 && srcs[f.i].kind == "peer" {
+				gone[srcs[f.i].from] = true
+			}
 			n.m.fetches.WithLabelValues(f.kind, "error").Inc()
 		}
 		if r.body == nil {
@@ -229,6 +254,9 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 			upstreamRetries++
 		} else {
 			drop[r.i] = true
+			if src.kind == "peer" {
+				gone[src.from] = true
+			}
 		}
 		srcs = without(srcs, drop)
 	}
