@@ -31,6 +31,10 @@ func (r result) code() string {
 }
 
 // do sends one request; hdr is name, value pairs.
+// testClient has its own transport: httptest.Server.Close closes the idle
+// connections of http.DefaultTransport, which would break parallel tests.
+var testClient = &http.Client{Transport: &http.Transport{}}
+
 func do(t *testing.T, method, url string, body []byte, hdr ...string) result {
 	t.Helper()
 	var rd io.Reader
@@ -44,7 +48,7 @@ func do(t *testing.T, method, url string, body []byte, hdr ...string) result {
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}

@@ -95,7 +95,7 @@ func TestReadErrorCutsResponse(t *testing.T) {
 	data := bytes.Repeat([]byte("abcdefgh"), 64<<10) // 512 KiB
 	ts := newTestServer(t, func(o *Options) { o.Source = fakeSource{source: "upstream", data: data, failAt: 100 << 10} })
 	url := ts.URL + "/v2/r/blobs/" + digest.FromBytes(data).String()
-	resp, err := http.Get(url)
+	resp, err := testClient.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
