@@ -1,15 +1,14 @@
 package p2p_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/imgmesh/imgmesh/fleetkey"
+	"github.com/imgmesh/imgmesh/internal/testlog"
 	"github.com/imgmesh/imgmesh/p2p"
 	"github.com/imgmesh/imgmesh/p2p/routertest"
 )
@@ -71,27 +70,9 @@ func TestFleetKeyMismatchCannotConnect(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestFleetKeyDropsQUIC(t *testing.T) {
 	both := []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
-	var logs syncBuffer
+	var logs testlog.Buffer
 	h := newHost(t, p2p.Options{ListenAddrs: both, FleetKey: mustKey(t), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	for _, a := range h.Addrs() {
 		if strings.Contains(a, "/udp/") {

@@ -91,18 +91,17 @@ func (o *origin) reset() {
 // pushImage writes img to repo:tag through the push server.
 func (o *origin) pushImage(t *testing.T, repo, tag string, img v1.Image) {
 	t.Helper()
-	ref, err := name.ParseReference(strings.TrimPrefix(o.push.URL, "http://") + "/" + repo + ":" + tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	defer tr.CloseIdleConnections()
-	if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
+	o.push1(t, repo, tag, func(ref name.Reference, opt remote.Option) error { return remote.Write(ref, img, opt) })
 }
 
 func (o *origin) pushIndex(t *testing.T, repo, tag string, idx v1.ImageIndex) {
+	t.Helper()
+	o.push1(t, repo, tag, func(ref name.Reference, opt remote.Option) error { return remote.WriteIndex(ref, idx, opt) })
+}
+
+// push1 runs write against repo:tag of the push server on a transport of
+// its own, closed afterwards.
+func (o *origin) push1(t *testing.T, repo, tag string, write func(name.Reference, remote.Option) error) {
 	t.Helper()
 	ref, err := name.ParseReference(strings.TrimPrefix(o.push.URL, "http://") + "/" + repo + ":" + tag)
 	if err != nil {
@@ -110,7 +109,7 @@ func (o *origin) pushIndex(t *testing.T, repo, tag string, idx v1.ImageIndex) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	defer tr.CloseIdleConnections()
-	if err := remote.WriteIndex(ref, idx, remote.WithTransport(tr)); err != nil {
+	if err := write(ref, remote.WithTransport(tr)); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,35 +24,18 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"go.uber.org/goleak"
+
+	"github.com/imgmesh/imgmesh/internal/testlog"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// syncBuffer is a bytes.Buffer safe for the server's log writes and the
-// test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runningNode is `imgmesh serve` running in-process.
 type runningNode struct {
 	addr   string
-	stderr *syncBuffer
+	stderr *testlog.Buffer
 	cancel context.CancelFunc
 	done   chan int // exit code
 }
@@ -63,7 +45,7 @@ type runningNode struct {
 func startServe(t *testing.T, args ...string) *runningNode {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &runningNode{stderr: &syncBuffer{}, cancel: cancel, done: make(chan int, 1)}
+	n := &runningNode{stderr: &testlog.Buffer{}, cancel: cancel, done: make(chan int, 1)}
 	c := &cli{
 		ctx: ctx, stdout: io.Discard, stderr: n.stderr,
 		lookupEnv: mapEnv(map[string]string{"HOME": t.TempDir()}), now: time.Now,
