@@ -30,6 +30,9 @@ type Config struct {
 	LogLevel          string        `yaml:"log_level"`
 	LogFormat         string        `yaml:"log_format"`
 	MeshConfig        `yaml:",inline"`
+	ExposeConfig      `yaml:",inline"`
+	QuotaConfig       `yaml:",inline"`
+	RateConfig        `yaml:",inline"`
 }
 
 // Upstream is one origin registry: the name a client means (containerd's
@@ -85,6 +88,9 @@ type serveFlags struct {
 	logLevel     string
 	logFormat    string
 	mesh         MeshConfig
+	expose       ExposeConfig
+	quota        QuotaConfig
+	rate         RateConfig
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet) {
@@ -98,6 +104,9 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (env IMGMESH_LOG_LEVEL)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json (env IMGMESH_LOG_FORMAT)")
 	f.mesh.register(fs)
+	f.expose.register(fs)
+	f.quota.register(fs)
+	f.rate.register(fs)
 }
 
 // loadConfig merges defaults, the config file, the environment and the flags
@@ -171,7 +180,16 @@ func (c *Config) applyEnv(lookupEnv func(string) (string, bool)) error {
 		}
 		c.TagTimeout = d
 	}
-	return c.MeshConfig.applyEnv(lookupEnv)
+	if err := c.MeshConfig.applyEnv(lookupEnv); err != nil {
+		return err
+	}
+	if err := c.ExposeConfig.applyEnv(lookupEnv); err != nil {
+		return err
+	}
+	if err := c.QuotaConfig.applyEnv(lookupEnv); err != nil {
+		return err
+	}
+	return c.RateConfig.applyEnv(lookupEnv)
 }
 
 func (c *Config) applyFlags(fs *pflag.FlagSet, f *serveFlags) error {
@@ -204,6 +222,9 @@ func (c *Config) applyFlags(fs *pflag.FlagSet, f *serveFlags) error {
 		c.LogFormat = f.logFormat
 	}
 	c.MeshConfig.applyFlags(fs, &f.mesh)
+	c.ExposeConfig.applyFlags(fs, &f.expose)
+	c.QuotaConfig.applyFlags(fs, &f.quota)
+	c.RateConfig.applyFlags(fs, &f.rate)
 	return nil
 }
 
@@ -253,7 +274,16 @@ func (c *Config) validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log format %q: want text or json", c.LogFormat)
 	}
-	return c.MeshConfig.validate()
+	if err := c.MeshConfig.validate(); err != nil {
+		return err
+	}
+	if err := c.ExposeConfig.validate(); err != nil {
+		return err
+	}
+	if err := c.QuotaConfig.validate(); err != nil {
+		return err
+	}
+	return c.RateConfig.validate()
 }
 
 func validateListen(addr string) error {
