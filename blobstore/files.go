@@ -17,11 +17,6 @@ import (
 
 var _ Store = (*Files)(nil)
 
-// accessEvery is how stale a blob's recorded last access may get before Open
-// rewrites it: LRU eviction needs hours, not nanoseconds, and each index
-// write is an fsync.
-const accessEvery = time.Hour
-
 // Files is the on-disk Store:
 //
 //	DIR/blobs/<alg>/<first 2 hex>/<hex>  verified blobs, named by digest
@@ -43,13 +38,15 @@ type Files struct {
 	mu    sync.Mutex
 	bytes int64 // usage, guarded by mu
 	count int64
+
+	access accessLog // touches not yet written to the index (access.go)
 }
 
 // Meta is what the index records about a committed blob.
 type Meta struct {
 	Size     int64
 	Created  time.Time
-	Accessed time.Time // last Open, at most accessEvery stale
+	Accessed time.Time // last commit or Touch (Touch is persisted in batches)
 }
 
 // Open opens (creating if needed) the store in dir. A nil logger discards.
@@ -86,6 +83,7 @@ func Open(dir string, logger *slog.Logger) (*Files, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	f.access.start(f)
 	return f, nil
 }
 
@@ -129,8 +127,8 @@ func (f *Files) Stat(_ context.Context, d digest.Digest) (Info, error) {
 	return Info{Digest: d, Size: fi.Size()}, nil
 }
 
-// Open returns the blob as an *os.File (http.ServeContent can sendfile it)
-// and records the access for eviction.
+// Open returns the blob as an *os.File (http.ServeContent can sendfile it).
+// It does not count as an access: whoever serves the blob calls Touch.
 func (f *Files) Open(_ context.Context, d digest.Digest) (Blob, error) {
 	if err := CheckDigest(d); err != nil {
 		return nil, err
@@ -142,14 +140,11 @@ func (f *Files) Open(_ context.Context, d digest.Digest) (Blob, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", d, err)
 	}
-	if err := f.touch(d); err != nil {
-		// Serving matters more than the eviction order.
-		f.log.Warn("record blob access", "digest", d, "err", err)
-	}
 	return file, nil
 }
 
-// Meta returns the index record of blob d, or ErrNotFound.
+// Meta returns the index record of blob d, or ErrNotFound. Accessed
+// includes touches not yet flushed to the index.
 func (f *Files) Meta(_ context.Context, d digest.Digest) (Meta, error) {
 	var m Meta
 	err := f.db.View(func(txn *badger.Txn) error {
@@ -157,25 +152,10 @@ func (f *Files) Meta(_ context.Context, d digest.Digest) (Meta, error) {
 		m, err = getMeta(txn, d)
 		return err
 	})
-	return m, err
-}
-
-// touch moves d's last access to now when it is older than accessEvery.
-func (f *Files) touch(d digest.Digest) error {
-	m, err := f.Meta(context.Background(), d)
-	if err != nil || f.now().Sub(m.Accessed) < accessEvery {
-		return err
+	if t, ok := f.access.pendingFor(d); ok && err == nil && t.After(m.Accessed) {
+		m.Accessed = t
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.db.Update(func(txn *badger.Txn) error {
-		m, err := getMeta(txn, d)
-		if err != nil {
-			return err
-		}
-		m.Accessed = f.now()
-		return putMeta(txn, d, m)
-	})
+	return m, err
 }
 
 // NewWriter starts an ingest into a temp file in DIR/ingest.
@@ -296,6 +276,7 @@ func (f *Files) Close() error {
 	if f.db.IsClosed() {
 		return nil
 	}
+	f.access.stopAndFlush(f) // touches since the last flush survive a clean stop
 	if err := f.db.Close(); err != nil {
 		return fmt.Errorf("close store index: %w", err)
 	}

@@ -135,6 +135,9 @@ func purge(txn *badger.Txn, d digest.Digest) error {
 			return err
 		}
 	}
+	if err := txn.Delete(key(kindPin, string(d))); err != nil { // a deleted manifest is no longer pinned
+		return err
+	}
 	return txn.Delete(key(kindMeta, string(d)))
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -22,6 +23,9 @@ type Memory struct {
 	links     map[string]map[digest.Digest]bool // repo -> digests
 	manifests map[string]map[digest.Digest]Manifest
 	tags      map[string]map[string]digest.Digest
+	pins      map[digest.Digest]bool
+	access    map[digest.Digest]time.Time // last commit or Touch
+	now       func() time.Time
 }
 
 // NewMemory returns an empty in-memory store.
@@ -31,6 +35,9 @@ func NewMemory() *Memory {
 		links:     map[string]map[digest.Digest]bool{},
 		manifests: map[string]map[digest.Digest]Manifest{},
 		tags:      map[string]map[string]digest.Digest{},
+		pins:      map[digest.Digest]bool{},
+		access:    map[digest.Digest]time.Time{},
+		now:       time.Now,
 	}
 }
 
@@ -84,6 +91,8 @@ func (m *Memory) Delete(_ context.Context, d digest.Digest) error {
 // deleteLocked removes blob d and everything in every repository pointing at it.
 func (m *Memory) deleteLocked(d digest.Digest) {
 	delete(m.blobs, d)
+	delete(m.pins, d)
+	delete(m.access, d)
 	for repo := range m.links {
 		m.dropLocked(repo, d)
 	}
@@ -335,6 +344,7 @@ func (w *memWriter) Commit(_ context.Context, size int64, expected digest.Digest
 	}
 	w.m.mu.Lock()
 	w.m.blobs[expected] = buf
+	w.m.access[expected] = w.m.now()
 	w.m.mu.Unlock()
 	return Info{Digest: expected, Size: int64(len(buf))}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -115,6 +116,31 @@ type Store interface {
 	// WalkTags calls fn for every tag of every repository until fn returns
 	// an error.
 	WalkTags(ctx context.Context, fn func(repo, tag string, d digest.Digest) error) error
+
+	// WalkManifests calls fn for every manifest record of every repository
+	// until fn returns an error.
+	WalkManifests(ctx context.Context, fn func(repo string, m Manifest) error) error
+
+	// Pin keeps manifest (or index) d and everything it names from eviction.
+	// ErrNotFound unless d is indexed as a manifest in some repository.
+	// Deleting the manifest blob removes its pin.
+	Pin(ctx context.Context, d digest.Digest) error
+	// Unpin removes d's pin, or ErrNotFound if d is not pinned.
+	Unpin(ctx context.Context, d digest.Digest) error
+	// Pins lists the pinned digests in digest order (empty, no error, if none).
+	Pins(ctx context.Context) ([]digest.Digest, error)
+
+	// Touch records that blob d was used now (served to a client). It is
+	// cheap: kept in memory and persisted in batches. Commit counts as a use;
+	// Open does not (the store's own readers, e.g. eviction, must not
+	// refresh what they read).
+	Touch(ctx context.Context, d digest.Digest)
+	// LastAccess reports when blob d was last committed or touched, or
+	// ErrNotFound.
+	LastAccess(ctx context.Context, d digest.Digest) (time.Time, error)
+	// WalkAccess calls fn for every committed blob with its last access,
+	// until fn returns an error.
+	WalkAccess(ctx context.Context, fn func(Info, time.Time) error) error
 
 	// Usage reports bytes and blob count of committed content.
 	Usage(ctx context.Context) (bytes int64, blobs int64, err error)

@@ -256,6 +256,8 @@ func (c *Client) do(req *http.Request, what string) (*http.Response, error) {
 		sentinel = ErrNotHeld
 	case http.StatusUnauthorized:
 		sentinel = ErrUnauthorized
+	case http.StatusServiceUnavailable:
+		sentinel = ErrBusy
 	default:
 		sentinel = ErrPeer
 	}

@@ -10,8 +10,10 @@
 package dataplane
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -50,10 +52,22 @@ type ServerOptions struct {
 	Logger *slog.Logger
 	// Registerer for the server's metrics; nil: not registered.
 	Registerer prometheus.Registerer
+	// Swarm serves pieces of downloads in flight and fetches for the
+	// fleet; nil: the store only.
+	Swarm Swarm
+	// UploadSlots bounds the blob bodies served at once (default 4): a peer
+	// asking beyond it gets 503 and asks another holder, so one node's
+	// uplink is shared by a few peers at full speed rather than by all.
+	UploadSlots int
+	// Throttle, if set, wraps every body writer (the upload rate cap).
+	Throttle func(ctx context.Context, w io.Writer) io.Writer
 }
 
 type server struct {
-	store blobstore.Store
+	store    blobstore.Store
+	swarm    Swarm
+	slots    chan struct{}
+	throttle func(ctx context.Context, w io.Writer) io.Writer
 	key   []byte
 	log   *slog.Logger
 	m     *metrics
@@ -73,7 +87,11 @@ func NewServer(opts ServerOptions) http.Handler {
 	if len(opts.Key) > 0 {
 		key = append([]byte(nil), opts.Key...)
 	}
-	return &server{store: opts.Store, key: key, log: log, m: newMetrics(opts.Registerer), now: time.Now}
+	if opts.UploadSlots <= 0 {
+		opts.UploadSlots = 4
+	}
+	return &server{store: opts.Store, key: key, log: log, m: newMetrics(opts.Registerer), now: time.Now,
+		swarm: opts.Swarm, slots: make(chan struct{}, opts.UploadSlots), throttle: opts.Throttle}
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -95,12 +113,20 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request) string {
 			return "unauthorized"
 		}
 	}
+	path := r.URL.Path
+	if rest, ok := strings.CutPrefix(path, FetchPath); ok && r.Method == http.MethodPost {
+		s.fetch(w, r, rest)
+		return "fetch"
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		fail(w, http.StatusMethodNotAllowed, "method not allowed")
 		return "other"
 	}
-	path := r.URL.Path
+	if rest, ok := strings.CutPrefix(path, PiecesPath); ok {
+		s.pieces(w, r, rest)
+		return "pieces"
+	}
 	if rest, ok := strings.CutPrefix(path, BlobPath); ok {
 		s.blob(w, r, rest)
 		return "blob"
@@ -124,8 +150,24 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request, ref string) {
 		fail(w, http.StatusBadRequest, "invalid digest")
 		return
 	}
+	if r.Method == http.MethodGet {
+		select {
+		case s.slots <- struct{}{}:
+			defer func() { <-s.slots }()
+		default:
+			w.Header().Set("Retry-After", "0")
+			fail(w, http.StatusServiceUnavailable, "busy")
+			return
+		}
+		if s.throttle != nil {
+			w = throttled{ResponseWriter: w, w: s.throttle(r.Context(), w)}
+		}
+	}
 	b, err := s.store.Open(r.Context(), d)
 	if errors.Is(err, blobstore.ErrNotFound) {
+		if s.partial(w, r, d) {
+			return
+		}
 		fail(w, http.StatusNotFound, "blob not held")
 		return
 	}
@@ -144,6 +186,14 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request, ref string) {
 	// with sendfile.
 	http.ServeContent(&jsonErrors{ResponseWriter: w}, r, "", time.Time{}, b)
 }
+
+// throttled sends a body through a rate-limited writer (no sendfile).
+type throttled struct {
+	http.ResponseWriter
+	w io.Writer
+}
+
+func (t throttled) Write(p []byte) (int, error) { return t.w.Write(p) }
 
 // tag serves GET /tags/<repoKey>:<tag> from the local index.
 func (s *server) tag(w http.ResponseWriter, r *http.Request, ref string) {

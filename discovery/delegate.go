@@ -3,13 +3,13 @@ package discovery
 import "sync"
 
 // delegate implements memberlist.Delegate: it hands memberlist this node's
-// encoded meta. It is also the seam for fleet broadcasts (prefetch orders,
-// status): a memberlist.TransmitLimitedQueue in this struct, filled by a
-// Fleet method, drained by GetBroadcasts, with NotifyMsg dispatching what
-// arrives. None are sent yet.
+// encoded meta, and carries the fleet's Channel (broadcast.go): outgoing
+// gossip drained by GetBroadcasts, what arrives by NotifyMsg and
+// MergeRemoteState, this node's state by LocalState.
 type delegate struct {
 	mu   sync.Mutex
 	meta []byte // encoded, at most MetaMaxSize bytes
+	bc   *broadcaster
 }
 
 func (d *delegate) setMeta(b []byte) {
@@ -28,14 +28,16 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return d.meta
 }
 
-// NotifyMsg implements memberlist.Delegate; no user messages are defined yet.
-func (d *delegate) NotifyMsg([]byte) {}
+// NotifyMsg implements memberlist.Delegate: a broadcast from another member.
+func (d *delegate) NotifyMsg(b []byte) { d.bc.received(b, false) }
 
-// GetBroadcasts implements memberlist.Delegate; nothing to broadcast yet.
-func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+// GetBroadcasts implements memberlist.Delegate: what Fleet.Broadcast queued.
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.bc.queue.GetBroadcasts(overhead, limit)
+}
 
-// LocalState implements memberlist.Delegate; no state is exchanged on push/pull.
-func (d *delegate) LocalState(join bool) []byte { return nil }
+// LocalState implements memberlist.Delegate: the Channel's State on push/pull.
+func (d *delegate) LocalState(join bool) []byte { return d.bc.localState() }
 
-// MergeRemoteState implements memberlist.Delegate.
-func (d *delegate) MergeRemoteState(buf []byte, join bool) {}
+// MergeRemoteState implements memberlist.Delegate: another member's State.
+func (d *delegate) MergeRemoteState(buf []byte, join bool) { d.bc.received(buf, true) }

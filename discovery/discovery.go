@@ -58,6 +58,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Timing tunes the gossip clocks; zero fields keep plant-LAN defaults.
 	Timing Timing
+	// Channel carries the application's fleet-wide messages and state
+	// (see Fleet.Broadcast); zero: none.
+	Channel Channel
 }
 
 // Timing holds the clocks of the gossip protocol. Tests shorten them.
@@ -145,7 +148,7 @@ func New(opts Options) (*Fleet, error) {
 	}
 	warnTrimmed(log, opts.Meta, kept)
 
-	f := &Fleet{del: &delegate{meta: enc}, log: log, t: t, reg: opts.Registerer, meta: opts.Meta.clone()}
+	f := &Fleet{del: &delegate{meta: enc, bc: newBroadcaster(opts.Channel, log)}, log: log, t: t, reg: opts.Registerer, meta: opts.Meta.clone()}
 	f.meta.P2PAddrs = f.meta.P2PAddrs[:kept]
 	onChange := opts.OnChange
 	if onChange == nil {
@@ -200,6 +203,7 @@ func New(opts Options) (*Fleet, error) {
 		}
 	}
 	f.notifier.start() // after f.ml is set: callbacks read it
+	f.del.bc.start(ml.NumMembers)
 	log.Info("gossip started", "name", opts.Name, "addr", f.Addr(), "encrypted", len(opts.Key) > 0)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -320,6 +324,7 @@ func (f *Fleet) shutdown(leave bool) error {
 		err = fmt.Errorf("gossip shutdown: %w", e)
 	}
 	f.notifier.close()
+	f.del.bc.close()
 	if f.coll != nil {
 		f.reg.Unregister(f.coll)
 	}

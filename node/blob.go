@@ -42,7 +42,7 @@ func (n *Node) Blob(ctx context.Context, name Name, d digest.Digest, head bool) 
 		}
 		c := Content{Digest: d, Size: size, Source: kind}
 		if !head {
-			c.Body = &follower{ctx: ctx, dl: dl, store: n.store}
+			c.Body = n.track(d, &follower{ctx: ctx, dl: dl, store: n.store})
 		}
 		return c, nil
 	}
@@ -59,6 +59,7 @@ func (n *Node) localContent(ctx context.Context, name Name, d digest.Digest, hea
 		b.Close()
 		return Content{}, false, notFoundIsMiss(err)
 	}
+	n.store.Touch(ctx, d) // a local hit: recently used, for eviction
 	c := Content{Digest: d, Size: info.Size, Source: "local", Body: b}
 	if head {
 		b.Close()
@@ -90,6 +91,9 @@ func (n *Node) join(ctx context.Context, name Name, d digest.Digest) (dl *downlo
 	dctx, cancel := context.WithCancel(context.Background())
 	dl = newDownload(d, cancel)
 	dl.addKey(n.Key(name))
+	if n.meshed() {
+		dl.sw = newSwarm(d, n.opts.SwarmWindow)
+	}
 	if n.closed {
 		cancel()
 		dl.finish(errors.New("node is shutting down"))

@@ -41,6 +41,23 @@ type download struct {
 	w   blobstore.Writer
 
 	keys map[string]bool // repositories (store keys) that asked: all are linked (under mu)
+
+	// sw is the piece state when the node swarms in a fleet; nil for a
+	// lone node's sequential download. run is set once the swarm started.
+	sw  *swarm
+	run *swarmRun // under mu
+}
+
+func (dl *download) setRun(r *swarmRun) {
+	dl.mu.Lock()
+	dl.run = r
+	dl.mu.Unlock()
+}
+
+func (dl *download) getRun() *swarmRun {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.run
 }
 
 // addKey records a repository that wants the blob.
@@ -177,6 +194,9 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 		dl.wmu.Unlock()
 	}()
 
+	if dl.sw != nil {
+		return n.fetchSwarm(ctx, dl, w, name)
+	}
 	what := fmt.Sprintf("blob %s@%s", name.Repo, dl.d)
 	srcs := n.blobSources(ctx, name, dl.d)
 	size := int64(-1)
@@ -263,17 +283,30 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 	if size < 0 || w.Size() != size {
 		return classify(what, errs)
 	}
+	return n.commitDownload(ctx, dl, w, size, peersUsed, what)
+}
+
+// commitDownload verifies and commits a fully written download, announces
+// it and links every repository that asked for it. peersUsed are blamed if
+// the bytes do not verify.
+func (n *Node) commitDownload(ctx context.Context, dl *download, w blobstore.Writer, size int64, peersUsed []string, what string) error {
 	if w.Sum() == dl.d { // sha256 verified: readers need not wait for the fsync
 		dl.markVerified()
 	}
 
-	_, err = w.Commit(ctx, size, dl.d) // followers read on until it closes the file
+	_, err := w.Commit(ctx, size, dl.d) // followers read on until it closes the file
 	dl.wmu.Lock()
 	dl.w = nil // followers now wait for markCommitted (after the link)
 	dl.wmu.Unlock()
 	if err != nil {
 		n.bad.add(dl.d, peersUsed) // the next fetch of this blob skips them
 		return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
+	}
+	if dl.sw != nil {
+		if hs := dl.sw.allHashes(); hs != nil {
+			n.hashes.put(dl.d, hs)
+		}
+		dl.sw.finish()
 	}
 	n.announce(dl.d)
 	for _, key := range dl.linkKeys() {

@@ -195,6 +195,7 @@ func (n *Node) readManifest(ctx context.Context, rec blobstore.Manifest) (Manife
 	if err != nil {
 		return Manifest{}, err
 	}
+	n.store.Touch(ctx, rec.Digest) // every pull reads the manifest: the image's age for eviction
 	defer b.Close()
 	body, err := readAllLimited(b, MaxManifestSize)
 	if err != nil {

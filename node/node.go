@@ -60,6 +60,20 @@ type Options struct {
 	// is asked as well (default 50ms). UpstreamHedgeDelay is the same before
 	// also asking upstream while holders are silent (default 2s).
 	HedgeDelay, UpstreamHedgeDelay time.Duration
+
+	// Members is the live fleet, for ranking which member fetches a blob
+	// from upstream for everyone; nil: this node fetches what no holder has.
+	Members Members
+	// StallTimeout: when no piece arrived for this long and no holder has
+	// what is missing, the fetcher is presumed gone and the next in rank is
+	// asked (default 3s).
+	StallTimeout time.Duration
+	// SwarmWindow is how many pieces past the first missing one may be
+	// fetched at once (default 32: 32 MiB of memory per blob at most).
+	SwarmWindow int
+	// Throttle, if set, wraps every body the node downloads (the download
+	// rate cap).
+	Throttle func(ctx context.Context, r io.Reader) io.Reader
 }
 
 // Node is the fetch policy of one device: local store, then upstream.
@@ -68,13 +82,17 @@ type Node struct {
 	ingest blobstore.Store // the store itself: the node's own downloads, announced without waiting
 	up     Upstream
 	router Router
-	peers  Peers
-	log    *slog.Logger
+	peers   Peers
+	members Members
+	log     *slog.Logger
 	opts   Options
 	m      *metrics
 
 	announcer *announcer // nil when not in a fleet
 	bad       *badHolders
+	hashes    hashCache // piece hashes of stored blobs peers asked for
+
+	readers readers // open readers of downloads (busy.go)
 
 	mu        sync.Mutex
 	downloads map[digest.Digest]*download
@@ -109,12 +127,19 @@ func New(opts Options) *Node {
 	if opts.UpstreamHedgeDelay <= 0 {
 		opts.UpstreamHedgeDelay = 2 * time.Second
 	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = 3 * time.Second
+	}
+	if opts.SwarmWindow <= 0 {
+		opts.SwarmWindow = 32
+	}
 	n := &Node{
 		store:     opts.Store,
 		ingest:    opts.Store,
 		up:        opts.Upstream,
 		router:    opts.Router,
 		peers:     opts.Peers,
+		members:   opts.Members,
 		log:       opts.Logger,
 		opts:      opts,
 		m:         newMetrics(opts.Registerer),

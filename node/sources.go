@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/internal/piece"
 	"github.com/imgmesh/imgmesh/p2p"
 	"github.com/imgmesh/imgmesh/upstream"
 )
@@ -29,6 +30,12 @@ type Peers interface {
 	Blob(ctx context.Context, baseURL string, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	Stat(ctx context.Context, baseURL string, d digest.Digest) (int64, error)
 	Tag(ctx context.Context, baseURL, repoKey, tag string) (digest.Digest, error)
+	// Pieces, Range and Fetch are the swarm's: a holder's piece state
+	// (long-polled), one verified-size byte range, and asking a member to
+	// fetch a blob from its upstream for the fleet.
+	Pieces(ctx context.Context, baseURL string, d digest.Digest, from, after int, wait time.Duration) (piece.State, error)
+	Range(ctx context.Context, baseURL string, d digest.Digest, off, end int64) (io.ReadCloser, error)
+	Fetch(ctx context.Context, baseURL string, d digest.Digest, ns, repo string) error
 }
 
 // source is one place a blob's bytes can come from.
@@ -93,17 +100,23 @@ func (n *Node) blobSources(ctx context.Context, name Name, d digest.Digest) []so
 	if n.mirrors(name) {
 		srcs = append(srcs, source{kind: "upstream", from: name.NS, hedge: n.opts.UpstreamHedgeDelay,
 			open: func(ctx context.Context, off int64) (io.ReadCloser, int64, error) {
-				body, total, err := n.up.Blob(ctx, name.NS, name.Repo, d, off)
-				if err == nil && total < 0 { // no Content-Length (chunked): ask HEAD
-					if total, err = n.up.StatBlob(ctx, name.NS, name.Repo, d); err != nil || total < 0 {
-						body.Close()
-						return nil, 0, fmt.Errorf("upstream did not say the blob's size: %v", err)
-					}
-				}
-				return body, total, err
+				return n.openUpstream(ctx, name, d, off)
 			}})
 	}
 	return srcs
+}
+
+// openUpstream opens d of name at its upstream from offset on and returns
+// the body and the blob's total size.
+func (n *Node) openUpstream(ctx context.Context, name Name, d digest.Digest, off int64) (io.ReadCloser, int64, error) {
+	body, total, err := n.up.Blob(ctx, name.NS, name.Repo, d, off)
+	if err == nil && total < 0 { // no Content-Length (chunked): ask HEAD
+		if total, err = n.up.StatBlob(ctx, name.NS, name.Repo, d); err != nil || total < 0 {
+			body.Close()
+			return nil, 0, fmt.Errorf("upstream did not say the blob's size: %v", err)
+		}
+	}
+	return body, total, err
 }
 
 type opened struct {

@@ -33,6 +33,7 @@ type origin struct {
 	corrupt   atomic.Bool    // flip one byte of blob bodies
 	empty     atomic.Bool    // answer blob GETs 200 with an empty body
 	breakAt   atomic.Int64   // >0: cut blob bodies after this many bytes (once)
+	served    atomic.Int64   // blob body bytes sent
 	gate      chan struct{}  // non-nil: blob bodies pause halfway until closed
 	gateAfter int64
 }
@@ -113,6 +114,7 @@ func (m *misbehave) Write(p []byte) (int, error) {
 	}
 	k, err := m.ResponseWriter.Write(p)
 	m.written += int64(k)
+	m.o.served.Add(int64(k))
 	return k, err
 }
 

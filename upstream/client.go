@@ -2,6 +2,8 @@ package upstream
 
 import (
 	"container/list"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -45,6 +47,9 @@ type Options struct {
 	// Transport carries every request (nil: a transport with bounded dial,
 	// TLS handshake and response header timeouts).
 	Transport http.RoundTripper
+	// RootCAs verifies upstream TLS certificates when Transport is nil
+	// (nil: the system's pool, or SSL_CERT_FILE / SSL_CERT_DIR).
+	RootCAs   *x509.CertPool
 	Logger    *slog.Logger
 	UserAgent string // default "imgmesh"
 }
@@ -110,6 +115,9 @@ func New(o Options) (*Client, error) {
 	}
 	if c.base == nil {
 		c.owned = newTransport()
+		if o.RootCAs != nil {
+			c.owned.TLSClientConfig = &tls.Config{RootCAs: o.RootCAs}
+		}
 		c.base = c.owned
 	}
 	return c, nil

@@ -44,6 +44,9 @@ func Run(t *testing.T, newStore func(t *testing.T) blobstore.Store) {
 		{"ParallelSameDigest", testParallelSame},
 		{"ParallelDistinct", testParallelDistinct},
 		{"Writable", testWritable},
+		{"Pins", testPins},
+		{"Access", testAccess},
+		{"WalkManifests", testWalkManifests},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

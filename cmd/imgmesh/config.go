@@ -277,7 +277,7 @@ func (c *Config) validate() error {
 	if err := c.MeshConfig.validate(); err != nil {
 		return err
 	}
-	if err := c.ExposeConfig.validate(); err != nil {
+	if err := c.ExposeConfig.validate(c.Listen); err != nil {
 		return err
 	}
 	if err := c.QuotaConfig.validate(); err != nil {

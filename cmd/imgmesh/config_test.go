@@ -158,7 +158,7 @@ log_format: json
 				"--config", file, "--data-dir", "/flag/data", "--listen", "0.0.0.0:5000",
 				"--upstream", "plant.local:5000=http://10.0.0.9:5000", "--upstream", "docker.io=https://registry-1.docker.io",
 				"--restrict-upstreams=false", "--tag-timeout", "1s", "--docker-config", "/flag/c.json",
-				"--log-level", "error", "--log-format", "text",
+				"--log-level", "error", "--log-format", "text", "--insecure",
 			},
 			base: &fromFile,
 			want: func(c *Config) {
@@ -166,6 +166,7 @@ log_format: json
 				c.Upstreams = []Upstream{{"plant.local:5000", "http://10.0.0.9:5000"}, {"docker.io", "https://registry-1.docker.io"}}
 				c.RestrictUpstreams, c.TagTimeout = false, time.Second
 				c.DockerConfig, c.LogLevel, c.LogFormat = "/flag/c.json", "error", "text"
+				c.Insecure = true // 0.0.0.0 without --htpasswd
 			},
 		},
 		{

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/imgmesh/imgmesh/dataplane"
 	"github.com/imgmesh/imgmesh/discovery"
 	"github.com/imgmesh/imgmesh/fleetkey"
+	"github.com/imgmesh/imgmesh/node"
 	"github.com/imgmesh/imgmesh/p2p"
 )
 
@@ -36,7 +38,7 @@ type mesh struct {
 // startMesh starts gossip, then the libp2p host, and tells the fleet the
 // host's identity. The data plane is served by serveData once the store the
 // node announces from exists.
-func startMesh(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (m *mesh, err error) {
+func startMesh(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer, ch discovery.Channel) (m *mesh, err error) {
 	m = &mesh{log: log}
 	defer func() {
 		if err != nil {
@@ -59,7 +61,7 @@ func startMesh(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus
 	}
 	m.fleet, err = discovery.New(discovery.Options{
 		Name: cfg.NodeName, BindAddr: cfg.GossipListen, Join: cfg.Join, Key: gossipKey, Meta: meta,
-		Logger: log, Registerer: reg,
+		Logger: log, Registerer: reg, Channel: ch,
 		OnChange: func(mem discovery.Member) { // a member joined only by gossip: dial its libp2p addresses
 			if h := hostp.Load(); h != nil && mem.State == discovery.StateAlive && len(mem.Meta.P2PAddrs) > 0 {
 				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -172,6 +174,27 @@ func (m *mesh) members() []admin.Peer {
 			state = "alive"
 		}
 		out = append(out, admin.Peer{Name: p.ID, State: state, PeerID: p.ID, P2PAddrs: p.Addrs, Version: p.Meta.Version})
+	}
+	return out
+}
+
+// Members lists the alive fleet members for the swarm's rendezvous ranking
+// of who fetches a blob from upstream; without gossip, this node alone.
+func (m *mesh) Members() []node.Member {
+	if m.fleet == nil {
+		return []node.Member{{ID: m.host.ID(), Self: true}}
+	}
+	out := []node.Member{{ID: m.host.ID(), Self: true}}
+	for _, mem := range m.fleet.Members() {
+		if mem.State != discovery.StateAlive || mem.Meta.PeerID == "" || mem.Self {
+			continue
+		}
+		host, _, err := net.SplitHostPort(mem.Addr)
+		if err != nil || mem.Meta.DataPort == 0 {
+			continue
+		}
+		out = append(out, node.Member{ID: mem.Meta.PeerID, Self: mem.Self,
+			DataURL: "http://" + net.JoinHostPort(host, strconv.Itoa(mem.Meta.DataPort))})
 	}
 	return out
 }

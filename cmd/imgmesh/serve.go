@@ -44,6 +44,18 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
+	tlsCfg, err := cfg.serverTLS() // exposed mode: files read before listening
+	if err != nil {
+		return err
+	}
+	withAuth, err := cfg.authWrap(log, cfg.Listen)
+	if err != nil {
+		return err
+	}
+	upstreamRoots, err := cfg.upstreamRoots()
+	if err != nil {
+		return err
+	}
 	// Listen before opening the store: a busy port fails fast and leaves
 	// the data directory alone.
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -65,20 +77,29 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	opts := node.Options{Store: store, Logger: log, TagTimeout: cfg.TagTimeout, Registerer: reg}
+	gc, err := cfg.QuotaConfig.newGC(cfg.DataDir, store, reg, log) // nil: no quota
+	if err != nil {
+		return err
+	}
+	opts := node.Options{Store: watchStore(gc, store), Logger: log, TagTimeout: cfg.TagTimeout, Registerer: reg}
+	pf, err := newPrefetch(cfg, log) // before the mesh: gossip may bring orders at once
+	if err != nil {
+		return err
+	}
 	var m *mesh
 	if cfg.Mesh {
-		if m, err = startMesh(ctx, cfg, log, reg); err != nil {
+		if m, err = startMesh(ctx, cfg, log, reg, prefetchChannel(pf)); err != nil {
 			return err
 		}
 		defer m.close()
-		opts.Router, opts.Peers, opts.LookupTimeout = m.host, m.peers, cfg.LookupTimeout
+		opts.Router, opts.Peers, opts.LookupTimeout, opts.Members = m.host, m.peers, cfg.LookupTimeout, m
 	}
 	if len(cfg.Upstreams) > 0 {
 		up, err := upstream.New(upstream.Options{
 			Registries:   cfg.registries(),
 			Restrict:     cfg.RestrictUpstreams,
 			DockerConfig: dockerConfig,
+			RootCAs:      upstreamRoots,
 			Logger:       log,
 			UserAgent:    "imgmesh/" + version,
 		})
@@ -88,11 +109,27 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 		defer up.Close()
 		opts.Upstream = up
 	}
+	if cfg.MaxDownloadRate > 0 {
+		opts.Throttle = rateCap(cfg.MaxDownloadRate).Reader
+	}
 	n := node.New(opts)
 	defer n.Close()
+	defer startGC(ctx, gc, n.Store(), n.Busy)() // evicts through the announcing store
 	if m != nil {
-		m.serveData(dataplane.NewServer(dataplane.ServerOptions{Store: n.Store(), Key: m.dataKey(), Logger: log, Registerer: reg}))
+		dopts := dataplane.ServerOptions{Store: n.Store(), Key: m.dataKey(), Logger: log, Registerer: reg, Swarm: n}
+		if cfg.MaxUploadRate > 0 {
+			dopts.Throttle = rateCap(cfg.MaxUploadRate).Writer
+		}
+		m.serveData(dataplane.NewServer(dopts))
 	}
+	if err := startPrefetch(pf, cfg, n, store, m); err != nil {
+		return err
+	}
+	defer func() {
+		if err := pf.Close(); err != nil {
+			log.Warn("prefetch state not written", "err", err)
+		}
+	}()
 
 	api := registryapi.New(registryapi.Options{
 		Source: n, Store: n.Store(), Logger: log,
@@ -123,18 +160,31 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 		},
 		Gatherer: reg,
 	}))
+	images := admin.ImagesHandler(admin.ImagesOptions{Store: n.Store(), DefaultRegistry: cfg.defaultRegistry(), Busy: n.Busy, Logger: log})
+	mux.Handle(admin.ImagesPath, images)
+	mux.Handle(admin.ImagesPath+"/", images)
+	prefetchAPI := admin.PrefetchHandler(pf, log)
+	mux.Handle(admin.PrefetchPath, prefetchAPI)
+	mux.Handle(admin.PrefetchPath+"/", prefetchAPI)
 	mux.Handle("/", api)
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           withAuth(mux),
+		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir,
-		"upstreams", len(cfg.Upstreams), "version", version)
+		"upstreams", len(cfg.Upstreams), "version", version, "tls", tlsCfg != nil, "auth", cfg.Htpasswd != "")
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if tlsCfg != nil {
+			errc <- srv.ServeTLS(ln, "", "") // certificates from srv.TLSConfig
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	select {
 	case err := <-errc:
 		_ = srv.Close() // the listener failed: stop handlers before the deferred closes

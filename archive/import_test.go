@@ -1,0 +1,373 @@
+package archive
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// landing is where a test expects an imported name on the node.
+type landing struct {
+	ns, repo, tag string
+	digest        string // "" = whatever Import reported
+}
+
+// TestImportFormats: each input format lands under the names it carries,
+// at the ?ns= a containerd mirror pull of that name sends, digests kept, and
+// every blob pulls back verified. Without ?ns= the node has nothing (the
+// names were not filed under a bare repository).
+func TestImportFormats(t *testing.T) {
+	t.Parallel()
+	img := ociImage(t, 3, 64<<10, "amd64")
+	idx := ociIndex(t)
+	imgDigest, idxDigest := digestOf(t, img), digestOf(t, idx)
+
+	ociDir := writeLayout(t, img, map[string]string{AnnotationImageName: "docker.io/library/app:v1", AnnotationRefName: "v1"},
+		idx, map[string]string{AnnotationRefName: "registry.example:5000/team/multi:v2"})
+
+	ggcrTar := filepath.Join(t.TempDir(), "ggcr.tar")
+	tag, err := name.NewTag("app:v3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(ggcrTar, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	saveDir, _, _ := dockerSave(t, img, []string{"example.com/app:v4", "example.com/team/other:v5"})
+	// docker save since Docker 25: an OCI layout plus the old manifest.json.
+	docker25 := writeLayout(t, img, map[string]string{AnnotationImageName: "docker.io/library/app:v1", AnnotationRefName: "v1"}, nil, nil)
+	write(t, filepath.Join(docker25, "manifest.json"), []byte(`[{"Config":"blobs/sha256/x","RepoTags":["app:v1"],"Layers":[]}]`))
+
+	for _, tc := range []struct {
+		name   string
+		path   string
+		format string
+		want   []landing
+	}{
+		{name: "oci layout folder", path: ociDir, format: FormatOCILayout, want: []landing{
+			{ns: "docker.io", repo: "library/app", tag: "v1", digest: imgDigest},
+			{ns: "registry.example:5000", repo: "team/multi", tag: "v2", digest: idxDigest},
+		}},
+		{name: "oci-archive", path: tarDir(t, ociDir, false), format: FormatOCIArchive, want: []landing{
+			{ns: "docker.io", repo: "library/app", tag: "v1", digest: imgDigest},
+			{ns: "registry.example:5000", repo: "team/multi", tag: "v2", digest: idxDigest},
+		}},
+		{name: "gzip oci-archive", path: tarDir(t, ociDir, true), format: FormatOCIArchive, want: []landing{
+			{ns: "docker.io", repo: "library/app", tag: "v1", digest: imgDigest},
+			{ns: "registry.example:5000", repo: "team/multi", tag: "v2", digest: idxDigest},
+		}},
+		{name: "docker-archive, gzip layers", path: ggcrTar, format: FormatDockerArchive, want: []landing{
+			{ns: "docker.io", repo: "library/app", tag: "v3"},
+		}},
+		{name: "docker save, uncompressed layers", path: tarDir(t, saveDir, false), format: FormatDockerArchive, want: []landing{
+			{ns: "example.com", repo: "app", tag: "v4"},
+			{ns: "example.com", repo: "team/other", tag: "v5"},
+			{ns: "example.com", repo: "app", tag: "v4-again"},
+		}},
+		{name: "docker save of Docker 25", path: tarDir(t, docker25, false), format: FormatOCIArchive, want: []landing{
+			{ns: "docker.io", repo: "library/app", tag: "v1", digest: imgDigest},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tn := startTestNode(t)
+			res, err := Import(t.Context(), tc.path, ImportOptions{Node: tn.url})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Format != tc.format || len(res.Images) != len(tc.want) {
+				t.Fatalf("format %s, images %+v; want %s and %d images", res.Format, res.Images, tc.format, len(tc.want))
+			}
+			for i, w := range tc.want {
+				wantDigest := w.digest
+				if wantDigest == "" {
+					wantDigest = res.Images[i].Digest.String()
+				}
+				if got := res.Images[i]; got.Name != w.ns+"/"+w.repo+":"+w.tag || got.Digest.String() != wantDigest {
+					t.Errorf("image %d: %s %s, want %s/%s:%s %s", i, got.Name, got.Digest, w.ns, w.repo, w.tag, wantDigest)
+				}
+				if got := tn.pullAll(t, w.ns, w.repo, w.tag); got != wantDigest {
+					t.Errorf("%s/%s:%s pulls as %s, want %s", w.ns, w.repo, w.tag, got, wantDigest)
+				}
+				tn.pullAll(t, w.ns, w.repo, wantDigest)
+				if status, _, _ := tn.get(t, "", w.repo, "manifests", w.tag); status != http.StatusNotFound {
+					t.Errorf("%s:%s without ?ns=: status %d, want 404 (pushed without ns)", w.repo, w.tag, status)
+				}
+			}
+		})
+	}
+}
+
+// TestImportDockerSaveManifest: a docker save archive gets an OCI manifest
+// whose config is the saved config byte for byte and whose layers are the
+// saved (uncompressed) tars, so their digests are the config's diff IDs;
+// the same archive gives the same digest again.
+func TestImportDockerSaveManifest(t *testing.T) {
+	t.Parallel()
+	img := ociImage(t, 2, 32<<10, "amd64")
+	dir, diffIDs, cfgDigest := dockerSave(t, img, []string{"example.com/app:v1"})
+	tn := startTestNode(t)
+	res, err := Import(t.Context(), dir, ImportOptions{Node: tn.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body, ct := tn.get(t, "example.com", "app", "manifests", "v1")
+	if status != http.StatusOK || ct != string(types.OCIManifestSchema1) {
+		t.Fatalf("manifest: %d %q", status, ct)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Config.Digest.String() != cfgDigest || m.Config.MediaType != types.OCIConfigJSON {
+		t.Errorf("config %s %s, want the saved config %s", m.Config.Digest, m.Config.MediaType, cfgDigest)
+	}
+	if len(m.Layers) != len(diffIDs) {
+		t.Fatalf("%d layers, want %d", len(m.Layers), len(diffIDs))
+	}
+	for i, l := range m.Layers {
+		if l.Digest != diffIDs[i] || l.MediaType != types.OCIUncompressedLayer {
+			t.Errorf("layer %d: %s %s, want %s %s", i, l.Digest, l.MediaType, diffIDs[i], types.OCIUncompressedLayer)
+		}
+	}
+	again, err := Import(t.Context(), tarDir(t, dir, true), ImportOptions{Node: startTestNode(t).url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Images[0].Digest != res.Images[0].Digest {
+		t.Errorf("the same docker save imported twice: %s then %s", res.Images[0].Digest, again.Images[0].Digest)
+	}
+}
+
+// TestImportNames: --name replaces the archive's names; an archive that
+// names an image only by a tag needs it.
+func TestImportNames(t *testing.T) {
+	t.Parallel()
+	img := ociImage(t, 1, 4<<10, "amd64")
+	d := digestOf(t, img)
+	tagged := writeLayout(t, img, map[string]string{AnnotationRefName: "v7"}, nil, nil)
+	two := writeLayout(t, img, map[string]string{AnnotationRefName: "v7"}, ociIndex(t), map[string]string{AnnotationRefName: "v8"})
+	unnamed := writeLayout(t, img, nil, nil, nil)
+	for _, tc := range []struct {
+		name, path, override string
+		want                 []string // image names; nil = an error
+		wantErr              error
+	}{
+		{name: "bare tag needs --name", path: tagged, wantErr: ErrNoName},
+		{name: "no name needs --name", path: unnamed, wantErr: ErrNoName},
+		{name: "repository keeps the tag", path: tagged, override: "ghcr.io/acme/tool", want: []string{"ghcr.io/acme/tool:v7"}},
+		{name: "repository, no tag: by digest", path: unnamed, override: "acme/tool", want: []string{"docker.io/acme/tool@" + d}},
+		{name: "full reference", path: tagged, override: "nginx:1.27", want: []string{"docker.io/library/nginx:1.27"}},
+		{name: "digest reference must match", path: tagged, override: "nginx@sha256:" + strings.Repeat("a", 64), wantErr: ErrBadReference},
+		{name: "repository for two images", path: two, override: "localhost:5001/x", want: []string{"localhost:5001/x:v7", "localhost:5001/x:v8"}},
+		{name: "one reference for two images", path: two, override: "x:1"},
+		{name: "bad name", path: tagged, override: "UPPER/Case:!", wantErr: ErrBadReference},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tn := startTestNode(t)
+			res, err := Import(t.Context(), tc.path, ImportOptions{Node: tn.url, Name: tc.override})
+			if tc.want == nil {
+				if err == nil || (tc.wantErr != nil && !errors.Is(err, tc.wantErr)) {
+					t.Fatalf("got %v, want an error (%v)", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, img := range res.Images {
+				got = append(got, img.Name)
+				ref, err := parseRef(img.Name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tn.pullAll(t, ref.ns, ref.repo, ref.tag+ref.digest)
+			}
+			if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("names %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestImportBadInput: a blob whose bytes do not match its digest, a
+// missing or truncated blob, or a path that is no archive fails with a
+// clear error, and nothing is visible under the bad digest or the tag.
+func TestImportBadInput(t *testing.T) {
+	t.Parallel()
+	img := ociImage(t, 2, 64<<10, "amd64")
+	bad := biggestLayer(t, img)
+	ann := map[string]string{AnnotationImageName: "docker.io/library/app:v1"}
+	layoutWith := func(change func(blob string)) string {
+		dir := writeLayout(t, img, ann, nil, nil)
+		change(filepath.Join(dir, "blobs", "sha256", bad.Digest.Hex))
+		return dir
+	}
+	flipped := layoutWith(func(p string) { corrupt(t, p) })
+	saveDir, diffIDs, _ := dockerSave(t, img, []string{"app:v1"})
+	corrupt(t, filepath.Join(saveDir, "l1", "layer.tar"))
+	imgDigest := digestOf(t, img)
+	manFlipped := writeLayout(t, img, ann, nil, nil)
+	corrupt(t, filepath.Join(manFlipped, "blobs", "sha256", strings.TrimPrefix(imgDigest, "sha256:")))
+	notArchive := filepath.Join(t.TempDir(), "notes.txt")
+	write(t, notArchive, []byte("not a tar\n"))
+
+	for _, tc := range []struct {
+		name    string
+		path    string
+		badBlob string
+		wantErr error
+	}{
+		{name: "flipped byte in a layer", path: flipped, badBlob: bad.Digest.String(), wantErr: ErrDigest},
+		{name: "flipped byte, oci-archive", path: tarDir(t, flipped, false), badBlob: bad.Digest.String(), wantErr: ErrDigest},
+		{name: "truncated layer", path: layoutWith(func(p string) {
+			if err := os.Truncate(p, bad.Size/2); err != nil {
+				t.Fatal(err)
+			}
+		}), badBlob: bad.Digest.String(), wantErr: ErrDigest},
+		{name: "missing layer", path: layoutWith(func(p string) {
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		}), badBlob: bad.Digest.String(), wantErr: ErrMissing},
+		{name: "docker save, layer not its diff ID", path: tarDir(t, saveDir, false), badBlob: diffIDs[1].String(), wantErr: ErrDigest},
+		{name: "flipped byte in the manifest", path: manFlipped, badBlob: imgDigest, wantErr: ErrDigest},
+		{name: "not an archive", path: notArchive, wantErr: ErrFormat},
+		{name: "empty folder", path: t.TempDir(), wantErr: ErrFormat},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tn := startTestNode(t)
+			_, err := Import(t.Context(), tc.path, ImportOptions{Node: tn.url})
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("got %v, want %v", err, tc.wantErr)
+			}
+			t.Logf("error: %v", err)
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error spans lines: %q", err)
+			}
+			if tc.badBlob != "" {
+				if !strings.Contains(err.Error(), tc.badBlob) {
+					t.Errorf("error does not name the bad blob %s: %v", tc.badBlob, err)
+				}
+				if tn.hasBlob(t, tc.badBlob) {
+					t.Errorf("the node stored %s", tc.badBlob)
+				}
+			}
+			for _, ns := range []string{"docker.io", ""} {
+				if status, _, _ := tn.get(t, ns, "library/app", "manifests", "v1"); status != http.StatusNotFound {
+					t.Errorf("tag visible (ns %q): status %d", ns, status)
+				}
+			}
+		})
+	}
+}
+
+// TestImportSkipsMissingPlatform: an index whose archive lacks one platform
+// (docker save of the host platform only) is imported whole with its
+// digest, and the missing platform is reported.
+func TestImportSkipsMissingPlatform(t *testing.T) {
+	t.Parallel()
+	idx := ociIndex(t)
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeLayout(t, nil, nil, idx, map[string]string{AnnotationImageName: "docker.io/library/multi:v1"})
+	arm := im.Manifests[1].Digest
+	if err := os.Remove(filepath.Join(dir, "blobs", "sha256", arm.Hex)); err != nil {
+		t.Fatal(err)
+	}
+	tn := startTestNode(t)
+	res, err := Import(t.Context(), dir, ImportOptions{Node: tn.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Skipped) != 1 || res.Skipped[0].Digest != arm {
+		t.Fatalf("skipped %+v, want the arm64 manifest %s", res.Skipped, arm)
+	}
+	if status, body, _ := tn.get(t, "docker.io", "library/multi", "manifests", "v1"); status != http.StatusOK || sha(body) != digestOf(t, idx) {
+		t.Fatalf("index: %d, digest %s, want %s", status, sha(body), digestOf(t, idx))
+	}
+	amd := im.Manifests[0].Digest.String()
+	if got := tn.pullAll(t, "docker.io", "library/multi", amd); got != amd {
+		t.Fatalf("amd64 image pulls as %s", got)
+	}
+}
+
+// TestImportNodeDown: an unreachable node is a one-line error.
+func TestImportNodeDown(t *testing.T) {
+	t.Parallel()
+	dir := writeLayout(t, ociImage(t, 1, 1<<10, "amd64"), map[string]string{AnnotationRefName: "docker.io/library/a:1"}, nil, nil)
+	tn := startTestNode(t)
+	url := tn.url
+	_, err := Import(t.Context(), dir, ImportOptions{Node: "http://127.0.0.1:1"})
+	if err == nil || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("got %v, want a one-line error", err)
+	}
+	t.Logf("error: %v", err)
+	if _, err := Import(t.Context(), dir, ImportOptions{Node: url + "/some/path"}); err == nil {
+		t.Fatal("a node URL with a path was accepted")
+	}
+}
+
+// TestImportSendsBlobsOnce: names in several repositories of one registry
+// send each blob once (later repositories mount it), and an import of
+// what the node already holds sends no blob at all.
+func TestImportSendsBlobsOnce(t *testing.T) {
+	t.Parallel()
+	img := ociImage(t, 3, 16<<10, "amd64")
+	dir, _, _ := dockerSave(t, img, []string{"example.com/a:1", "example.com/b:1", "example.com/c/d:1"})
+	tn := startTestNode(t)
+	rt := &countingTransport{next: &http.Transport{}}
+	defer rt.next.CloseIdleConnections()
+	if _, err := Import(t.Context(), dir, ImportOptions{Node: tn.url, Transport: rt}); err != nil {
+		t.Fatal(err)
+	}
+	if want := 4; rt.uploads != want { // the config and 3 layers
+		t.Errorf("%d blob uploads, want %d", rt.uploads, want)
+	}
+	for _, repo := range []string{"a", "b", "c/d"} {
+		tn.pullAll(t, "example.com", repo, "1")
+	}
+	rt.uploads = 0
+	if _, err := Import(t.Context(), dir, ImportOptions{Node: tn.url, Transport: rt}); err != nil {
+		t.Fatal(err)
+	}
+	if rt.uploads != 0 {
+		t.Errorf("importing again sent %d blobs, want none", rt.uploads)
+	}
+}
+
+// countingTransport counts blob upload requests that carry data.
+type countingTransport struct {
+	next    *http.Transport
+	mu      sync.Mutex
+	uploads int
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPatch || (r.Method == http.MethodPut && r.ContentLength > 0 && strings.Contains(r.URL.Path, "/blobs/uploads/")) {
+		c.mu.Lock()
+		c.uploads++
+		c.mu.Unlock()
+	}
+	return c.next.RoundTrip(r)
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/imgmesh/imgmesh/archive"
+)
+
+func (c *cli) importCmd() *cobra.Command {
+	var (
+		opts  archive.ImportOptions
+		quiet bool
+	)
+	cmd := &cobra.Command{
+		Use:   "import PATH",
+		Short: "Load an OCI layout folder, an oci-archive or a docker save tar into a node",
+		Long: `Load every image of PATH into the node, for a line without internet:
+an OCI image layout folder, an oci-archive (that layout in a tar), or a
+'docker save' tar (also gzip-compressed). Every blob and manifest is checked
+against its digest on the way; nothing that fails is stored.
+
+Names come from the archive (io.containerd.image.name, the OCI ref.name,
+docker RepoTags); --name REF replaces them for a one-image archive, --name
+REPOSITORY keeps the archive's tags under another repository. A name like
+docker.io/library/nginx:1.27 lands where containerd's mirror pull of it looks.
+A docker save archive has no registry manifest: an OCI manifest is made for it,
+with the config and layers as they are (uncompressed layers stay uncompressed).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if !quiet {
+				opts.Progress = archive.NewProgress(c.stderr, "import", isTerminal(c.stderr))
+			}
+			opts.Logger = cliLogger(c.stderr)
+			res, err := archive.Import(ctx, args[0], opts)
+			if err != nil {
+				return err
+			}
+			for _, img := range res.Images {
+				fmt.Fprintf(cmd.OutOrStdout(), "imported %s %s\n", img.Name, img.Digest)
+			}
+			if !quiet {
+				fmt.Fprintf(c.stderr, "%d image name(s), %s from %s %s\n", len(res.Images), humanize.IBytes(uint64(res.Bytes)), res.Format, args[0])
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&opts.Node, "node", defaultNodeURL, "URL of the node's registry API (http://user:password@host:port for basic auth)")
+	cmd.Flags().StringVar(&opts.Name, "name", "", "image name to use instead of the archive's: REF (one-image archive) or REPOSITORY (keeps the archive's tags)")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
+	return cmd
+}
+
+func (c *cli) exportCmd() *cobra.Command {
+	var (
+		opts  archive.ExportOptions
+		out   string
+		quiet bool
+	)
+	cmd := &cobra.Command{
+		Use:   "export REF... -o FILE",
+		Short: "Write images from a node to an oci-archive tar, digests unchanged",
+		Long: `Write the images REF... (by tag or digest, as the node serves them) to FILE,
+an oci-archive: an OCI image layout in a tar, each REF an index.json entry
+named by org.opencontainers.image.ref.name and io.containerd.image.name.
+Manifests are copied byte for byte, so every digest stays (skopeo's
+docker-archive re-encodes them). 'imgmesh import', 'ctr images import' and
+'skopeo copy oci-archive:FILE:TAG ...' read it.
+
+The node pulls through what it does not hold yet, so on a connected machine
+one export gathers an image for a line without internet.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, refs []string) error {
+			if out == "" {
+				return usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("-o FILE is required")}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if !quiet {
+				opts.Progress = archive.NewProgress(c.stderr, "export", isTerminal(c.stderr))
+			}
+			res, err := archive.Export(ctx, refs, out, opts)
+			if err != nil {
+				return err
+			}
+			for _, img := range res.Images {
+				fmt.Fprintf(cmd.OutOrStdout(), "exported %s %s\n", img.Name, img.Digest)
+			}
+			if !quiet {
+				fmt.Fprintf(c.stderr, "%d blobs, %s written to %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), out)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "the oci-archive file to write (required)")
+	cmd.Flags().StringVar(&opts.Node, "node", defaultNodeURL, "URL of the node's registry API (http://user:password@host:port for basic auth)")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
+	return cmd
+}
+
+// isTerminal reports whether w is a terminal (progress is then redrawn in
+// place rather than printed line by line).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// cliLogger prints warnings as "imgmesh: warning: msg key=value".
+func cliLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: slog.LevelWarn,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey) {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+}

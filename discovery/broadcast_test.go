@@ -1,0 +1,147 @@
+package discovery
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// inbox records what a member's Channel received.
+type inbox struct {
+	mu       sync.Mutex
+	messages [][]byte
+	states   [][]byte
+	state    []byte // what this member's State returns
+}
+
+func (in *inbox) channel() Channel {
+	return Channel{
+		OnMessage: func(b []byte) {
+			in.mu.Lock()
+			in.messages = append(in.messages, b)
+			in.mu.Unlock()
+		},
+		State: func() []byte {
+			in.mu.Lock()
+			defer in.mu.Unlock()
+			return in.state
+		},
+		OnState: func(b []byte) {
+			in.mu.Lock()
+			in.states = append(in.states, b)
+			in.mu.Unlock()
+		},
+	}
+}
+
+func (in *inbox) setState(b []byte) {
+	in.mu.Lock()
+	in.state = b
+	in.mu.Unlock()
+}
+
+func (in *inbox) hasMessage(want []byte) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if slices.ContainsFunc(in.messages, func(b []byte) bool { return bytes.Equal(b, want) }) {
+		return nil
+	}
+	return fmt.Errorf("message of %d bytes not received (got %d messages)", len(want), len(in.messages))
+}
+
+func (in *inbox) hasState(want []byte) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if slices.ContainsFunc(in.states, func(b []byte) bool { return bytes.Equal(b, want) }) {
+		return nil
+	}
+	return fmt.Errorf("state %q not received (got %d states)", want, len(in.states))
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestBroadcastReachesEveryMember(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		key  []byte
+		size int
+	}{
+		{name: "gossip", size: 200},
+		{name: "gossip at the limit, encrypted", key: randomBytes(t, 32), size: MaxGossipMessage},
+		{name: "too large for gossip: TCP", size: 16 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var boxes [4]inbox
+			seed := start(t, Options{Name: "m0", Key: tt.key, Channel: boxes[0].channel()})
+			fleet := []*Fleet{seed}
+			for i := 1; i < len(boxes); i++ {
+				fleet = append(fleet, start(t, Options{Name: fmt.Sprintf("m%d", i), Key: tt.key,
+					Join: []string{seed.Addr()}, Channel: boxes[i].channel()}))
+			}
+			for _, f := range fleet {
+				eventually(t, 10*time.Second, func() error { return seesAlive(f, fleet...) })
+			}
+			msg := randomBytes(t, tt.size)
+			if err := fleet[2].Broadcast(msg); err != nil {
+				t.Fatal(err)
+			}
+			for i := range boxes {
+				if i == 2 {
+					continue
+				}
+				eventually(t, 5*time.Second, func() error { return boxes[i].hasMessage(msg) })
+			}
+			if err := boxes[2].hasMessage(msg); err == nil {
+				t.Error("the sender received its own broadcast")
+			}
+		})
+	}
+}
+
+func TestStateReachesMembersThatWereAway(t *testing.T) {
+	t.Parallel()
+	var a, b, late inbox
+	a.setState([]byte("state of a"))
+	fa := start(t, Options{Name: "a", Channel: a.channel()})
+	fb := start(t, Options{Name: "b", Join: []string{fa.Addr()}, Channel: b.channel()})
+	eventually(t, 10*time.Second, func() error { return seesAlive(fb, fa, fb) })
+
+	// A member that joins after the news gets it by push/pull when it joins.
+	start(t, Options{Name: "late", Join: []string{fa.Addr()}, Channel: late.channel()})
+	eventually(t, 5*time.Second, func() error { return late.hasState([]byte("state of a")) })
+
+	// State changes reach members on the periodic push/pull (1s in tests).
+	late.setState([]byte("state of late, v2"))
+	eventually(t, 10*time.Second, func() error {
+		return errors.Join(a.hasState([]byte("state of late, v2")), b.hasState([]byte("state of late, v2")))
+	})
+}
+
+func TestBroadcastAfterClose(t *testing.T) {
+	t.Parallel()
+	f := start(t, Options{Name: "solo"})
+	if err := f.Broadcast(nil); !errors.Is(err, ErrEmptyMessage) {
+		t.Fatalf("empty message: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Broadcast([]byte("x")); !errors.Is(err, errClosed) {
+		t.Fatalf("after Close: %v, want errClosed", err)
+	}
+}

@@ -1,0 +1,211 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/dataplane"
+	"github.com/imgmesh/imgmesh/internal/piece"
+)
+
+// errBusyPeer: a holder serves as many bodies as it allows right now.
+var errBusyPeer = dataplane.ErrBusy
+
+// The node answers its data plane about what lies beyond its store.
+var _ dataplane.Swarm = (*Node)(nil)
+
+// Pieces tells a peer which verified pieces of d this node holds: all of a
+// stored blob, or those of a download in flight (waiting up to wait for
+// more than after of them).
+func (n *Node) Pieces(ctx context.Context, d digest.Digest, from, after int, wait time.Duration) (piece.State, error) {
+	if dl := n.inflight(d); dl != nil && dl.sw != nil {
+		deadline := time.Now().Add(wait)
+		for {
+			st, ok := dl.sw.state(from)
+			have, changed := dl.sw.haveCount()
+			if ok && (have > after || wait <= 0) {
+				return st, nil
+			}
+			if !ok && dl.sw.finished() {
+				break // committed: answer from the store
+			}
+			left := time.Until(deadline)
+			if left <= 0 {
+				if ok {
+					return st, nil
+				}
+				break
+			}
+			t := time.NewTimer(left)
+			select {
+			case <-changed:
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return piece.State{}, ctx.Err()
+			}
+			t.Stop()
+		}
+	}
+	info, err := n.ingest.Stat(ctx, d)
+	if err != nil {
+		return piece.State{}, err
+	}
+	hashes, err := n.hashes.get(ctx, n.ingest, info)
+	if err != nil {
+		return piece.State{}, err
+	}
+	st := piece.State{Size: info.Size, Complete: true, Have: piece.Full(len(hashes)), From: min(from, len(hashes))}
+	for _, h := range hashes[st.From:] {
+		st.Hashes = append(st.Hashes, h.String())
+	}
+	return st, nil
+}
+
+// ReadAt reads verified bytes of a download in flight, within one piece.
+func (n *Node) ReadAt(d digest.Digest, p []byte, off int64) (int, error) {
+	dl := n.inflight(d)
+	if dl == nil || dl.sw == nil {
+		return 0, fmt.Errorf("%s: %w", d, blobstore.ErrNotFound)
+	}
+	if end := (off/piece.Size + 1) * piece.Size; int64(len(p)) > end-off {
+		p = p[:end-off]
+	}
+	k, inBuf, held := dl.sw.buffered(p, off)
+	switch {
+	case !held:
+		return 0, fmt.Errorf("%s: byte %d: %w", d, off, blobstore.ErrNotFound)
+	case inBuf:
+		return k, nil
+	}
+	k, err := dl.readAt(p, off)
+	if errors.Is(err, io.EOF) && k == len(p) {
+		err = nil
+	}
+	return k, err
+}
+
+// Fetch makes this node fetch d of ns/repo from its upstream for the
+// fleet, which ranked it first; it returns once the blob's size is known.
+func (n *Node) Fetch(ctx context.Context, d digest.Digest, ns, repo string) error {
+	if err := blobstore.CheckDigest(d); err != nil {
+		return err
+	}
+	name := Name{NS: ns, Repo: repo}
+	if _, err := n.ingest.Stat(ctx, d); err == nil {
+		return nil
+	}
+	if !n.mirrors(name) {
+		return fmt.Errorf("no upstream for %q: %w", ns, blobstore.ErrNotFound)
+	}
+	dl, _ := n.join(ctx, name, d)
+	if dl == nil {
+		return nil // committed meanwhile
+	}
+	if dl.sw != nil {
+		dl.sw.becomeOrigin()
+		if r := dl.getRun(); r != nil {
+			r.ensureUpstream(r.ctx)
+		}
+	}
+	_, _, err := dl.waitSize(ctx)
+	return err
+}
+
+// hashCache keeps the piece hashes of a few stored blobs: computing them
+// reads the whole blob.
+type hashCache struct {
+	mu     sync.Mutex
+	hashes map[digest.Digest][]piece.Hash
+	order  []digest.Digest
+}
+
+const hashCacheSize = 64
+
+func (c *hashCache) get(ctx context.Context, s blobstore.Store, info blobstore.Info) ([]piece.Hash, error) {
+	c.mu.Lock()
+	h, ok := c.hashes[info.Digest]
+	c.mu.Unlock()
+	if ok {
+		return h, nil
+	}
+	b, err := s.Open(ctx, info.Digest)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	if h, err = piece.HashAll(b, info.Size); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hashes == nil {
+		c.hashes = map[digest.Digest][]piece.Hash{}
+	}
+	if _, ok := c.hashes[info.Digest]; !ok {
+		c.hashes[info.Digest] = h
+		c.order = append(c.order, info.Digest)
+		if len(c.order) > hashCacheSize {
+			delete(c.hashes, c.order[0])
+			c.order = c.order[1:]
+		}
+	}
+	return h, nil
+}
+
+// put remembers the hashes a download learned, so serving the blob once
+// stored costs no second read.
+func (c *hashCache) put(d digest.Digest, h []piece.Hash) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hashes == nil {
+		c.hashes = map[digest.Digest][]piece.Hash{}
+	}
+	if _, ok := c.hashes[d]; !ok {
+		c.order = append(c.order, d)
+		if len(c.order) > hashCacheSize {
+			delete(c.hashes, c.order[0])
+			c.order = c.order[1:]
+		}
+	}
+	c.hashes[d] = h
+}
+
+// throttled applies the download rate cap, if any.
+func (n *Node) throttled(ctx context.Context, r io.Reader) io.Reader {
+	if n.opts.Throttle == nil {
+		return r
+	}
+	return n.opts.Throttle(ctx, r)
+}
+
+// idleReader calls abort when no byte arrived for idle.
+func idleReader(r io.Reader, idle time.Duration, abort context.CancelFunc) *idleR {
+	return &idleR{r: r, t: time.AfterFunc(idle, abort), idle: idle}
+}
+
+type idleR struct {
+	r    io.Reader
+	t    *time.Timer
+	idle time.Duration
+}
+
+func (i *idleR) stop() { i.t.Stop() }
+
+func (i *idleR) Read(p []byte) (int, error) {
+	k, err := i.r.Read(p)
+	if k > 0 {
+		i.t.Reset(i.idle)
+	}
+	if err != nil {
+		i.t.Stop()
+	}
+	return k, err
+}

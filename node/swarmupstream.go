@@ -1,0 +1,137 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/imgmesh/imgmesh/internal/piece"
+)
+
+// ensureUpstream starts the upstream fetcher of this download once.
+func (r *swarmRun) ensureUpstream(ctx context.Context) {
+	if !r.n.mirrors(r.name) {
+		return
+	}
+	r.mu.Lock()
+	start := !r.upStarted
+	r.upStarted = true
+	r.mu.Unlock()
+	if start {
+		r.wg.Add(1)
+		go r.fromUpstream(ctx)
+	}
+}
+
+// fromUpstream streams the pieces that no known holder has from upstream,
+// in order, hashing each as it passes: these hashes are what the rest of
+// the fleet verifies the pieces against. A piece someone else holds or
+// fetches is skipped with a new ranged request, so what the fleet already
+// fetched is not fetched again after a takeover.
+func (r *swarmRun) fromUpstream(ctx context.Context) {
+	defer r.wg.Done()
+	attempts := 0
+	fail := func(err error) bool {
+		attempts++
+		r.mu.Lock()
+		r.errs = append(r.errs, sourceErr{-1, "upstream", err})
+		if attempts >= maxAttempts || isNotFound(err) {
+			r.upErr = err
+		}
+		dead := r.upErr != nil
+		r.mu.Unlock()
+		r.n.m.fetches.WithLabelValues("upstream", "error").Inc()
+		r.sw.poke()
+		return dead
+	}
+	for ctx.Err() == nil && !r.sw.complete() {
+		i := 0
+		if r.sw.knownSize() >= 0 {
+			if i = r.sw.claimUpstream(0, r.heldElsewhere); i < 0 {
+				r.sw.wait(ctx, 200*time.Millisecond)
+				continue
+			}
+		}
+		err := r.streamFrom(ctx, i)
+		if err == nil {
+			attempts = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		r.n.log.Debug("upstream broke, trying again", "digest", r.dl.d, "piece", i, "err", err)
+		if fail(err) {
+			return
+		}
+	}
+}
+
+// streamFrom opens upstream at piece i (claimed, unless the size is still
+// unknown) and takes consecutive pieces while nobody else has them.
+func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
+	claimed := r.sw.knownSize() >= 0
+	off := int64(i) * piece.Size
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	body, total, err := r.n.openUpstream(ctx, r.name, r.dl.d, off)
+	if err != nil {
+		if claimed {
+			r.sw.release(i)
+		}
+		return err
+	}
+	defer body.Close()
+	if err := r.sw.setSize(total); err != nil {
+		if claimed {
+			r.sw.release(i)
+		}
+		return fmt.Errorf("upstream %w", err)
+	}
+	r.n.m.fetches.WithLabelValues("upstream", "ok").Inc()
+	if !claimed {
+		if i = r.sw.claimUpstream(0, r.heldElsewhere); i != 0 {
+			if i > 0 {
+				r.sw.release(i)
+			}
+			return nil // someone else has the first piece already: start over where needed
+		}
+	}
+	idle := idleReader(body, r.n.opts.IdleTimeout, cancel)
+	defer idle.stop()
+	in := r.n.throttled(ctx, idle)
+	for {
+		start, end := piece.Bounds(i, total)
+		buf := piecePool.Get().(*[]byte)
+		data := (*buf)[:end-start]
+		if _, err := io.ReadFull(in, data); err != nil {
+			piecePool.Put(buf)
+			r.sw.release(i)
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		fresh, err := r.sw.deliver(i, data, true)
+		if err != nil { // a peer's hash for this piece disagrees with upstream's bytes
+			piecePool.Put(buf)
+			return err
+		}
+		if fresh {
+			r.gotPiece("upstream", "", len(data))
+		} else {
+			piecePool.Put(buf)
+		}
+		next := r.sw.claimUpstream(i+1, r.heldElsewhere)
+		if next != i+1 {
+			if next >= 0 {
+				r.sw.release(next)
+			}
+			return nil
+		}
+		i = next
+	}
+}
+
