@@ -243,7 +243,7 @@ func (r *swarmRun) addSource(ctx context.Context, id, url string) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if src := r.srcs[id]; (src != nil && !src.gone) || r.failed[id] {
+	if src := r.srcs[id]; (src != nil && !src.isGone()) || r.failed[id] {
 		return
 	}
 	src := &peerSrc{id: id, url: url, pending: map[int]bool{}}
@@ -257,11 +257,9 @@ func (r *swarmRun) sourceCount() int {
 	defer r.mu.Unlock()
 	n := 0
 	for _, s := range r.srcs {
-		s.mu.Lock()
-		if !s.gone {
+		if !s.isGone() {
 			n++
 		}
-		s.mu.Unlock()
 	}
 	return n
 }
@@ -451,6 +449,12 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 			piecePool.Put(data)
 		}
 	}
+}
+
+func (p *peerSrc) isGone() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gone
 }
 
 func (p *peerSrc) isPending(i int) bool {
