@@ -55,9 +55,8 @@ type repoTag struct{ repo, tag string }
 // It deletes through s: given the node's announcing store, what goes is
 // withdrawn from the fleet. Eviction may stop short of target when pinned
 // or busy content fills the store.
-func Evict(ctx context.Context, s Store, target int64, busy func(digest.Digest) bool) (EvictStats, error) {
+func Evict(ctx context.Context, s Store, target int64, busy func(digest.Digest) bool) (st EvictStats, err error) {
 	begin := time.Now()
-	var st EvictStats
 	defer func() { st.Duration = time.Since(begin) }()
 	used, _, err := s.Usage(ctx)
 	if err != nil {

@@ -46,7 +46,7 @@ type Swarm interface {
 	Pieces(ctx context.Context, d digest.Digest, from, after int, wait time.Duration) (piece.State, error)
 	// ReadAt reads verified bytes of a download in flight; an error if any
 	// byte of the range is not held.
-	ReadAt(d digest.Digest, p []byte, off int64) (int, error)
+	ReadAt(ctx context.Context, d digest.Digest, p []byte, off int64) (int, error)
 	// Fetch starts fetching d of ns/repo from the node's upstream, for the
 	// fleet, and returns once it started (or failed to).
 	Fetch(ctx context.Context, d digest.Digest, ns, repo string) error
@@ -105,14 +105,14 @@ func (s *server) partial(w http.ResponseWriter, r *http.Request, d digest.Digest
 	}
 	buf := make([]byte, min(end-off, piece.Size))
 	for off < end {
-		k, err := s.swarm.ReadAt(d, buf[:min(end-off, int64(len(buf)))], off)
+		k, err := s.swarm.ReadAt(r.Context(), d, buf[:min(end-off, int64(len(buf)))], off)
 		if k > 0 {
 			if _, werr := w.Write(buf[:k]); werr != nil {
 				return true
 			}
 			off += int64(k)
 		}
-		if err != nil && off < end {
+		if (err != nil || k == 0) && off < end {
 			panic(http.ErrAbortHandler) // the piece went away: cut the body, the peer asks elsewhere
 		}
 	}
@@ -157,7 +157,7 @@ func (s *server) fetch(w http.ResponseWriter, r *http.Request, ref string) {
 		fail(w, status, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "fetching"})
+	writeJSON(w, http.StatusOK, map[string]string{"status": "fetching"})
 }
 
 // Pieces asks the peer at baseURL for its state of d: hashes from piece

@@ -78,15 +78,15 @@ type Options struct {
 
 // Node is the fetch policy of one device: local store, then upstream.
 type Node struct {
-	store  blobstore.Store // what everyone uses: announces pushes (waiting for it) in a fleet
-	ingest blobstore.Store // the store itself: the node's own downloads, announced without waiting
-	up     Upstream
-	router Router
+	store   blobstore.Store // what everyone uses: announces pushes (waiting for it) in a fleet
+	ingest  blobstore.Store // the store itself: the node's own downloads, announced without waiting
+	up      Upstream
+	router  Router
 	peers   Peers
 	members Members
 	log     *slog.Logger
-	opts   Options
-	m      *metrics
+	opts    Options
+	m       *metrics
 
 	announcer *announcer // nil when not in a fleet
 	bad       *badHolders

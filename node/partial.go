@@ -70,7 +70,10 @@ func (n *Node) Pieces(ctx context.Context, d digest.Digest, from, after int, wai
 }
 
 // ReadAt reads verified bytes of a download in flight, within one piece.
-func (n *Node) ReadAt(d digest.Digest, p []byte, off int64) (int, error) {
+// Bytes already written are read as a client would (following the
+// download through its commit), so a piece stays readable while the blob
+// moves into the store.
+func (n *Node) ReadAt(ctx context.Context, d digest.Digest, p []byte, off int64) (int, error) {
 	dl := n.inflight(d)
 	if dl == nil || dl.sw == nil {
 		return 0, fmt.Errorf("%s: %w", d, blobstore.ErrNotFound)
@@ -80,13 +83,15 @@ func (n *Node) ReadAt(d digest.Digest, p []byte, off int64) (int, error) {
 	}
 	k, inBuf, held := dl.sw.buffered(p, off)
 	switch {
-	case !held:
-		return 0, fmt.Errorf("%s: byte %d: %w", d, off, blobstore.ErrNotFound)
 	case inBuf:
 		return k, nil
+	case !held:
+		return 0, fmt.Errorf("%s: byte %d: %w", d, off, blobstore.ErrNotFound)
 	}
-	k, err := dl.readAt(p, off)
-	if errors.Is(err, io.EOF) && k == len(p) {
+	f := &follower{ctx: ctx, dl: dl, store: n.ingest, off: off}
+	defer f.Close()
+	k, err := io.ReadFull(f, p)
+	if errors.Is(err, io.ErrUnexpectedEOF) || (errors.Is(err, io.EOF) && k == len(p)) {
 		err = nil
 	}
 	return k, err

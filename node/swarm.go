@@ -265,8 +265,8 @@ func (s *swarm) haveCount() (int, <-chan struct{}) {
 	return s.have.Len(), s.changed
 }
 
-// buffered copies bytes of a piece waiting in memory; ok false when the
-// range is not in one buffered piece.
+// buffered copies bytes of piece i waiting in memory (inBuf); held tells
+// whether the node has the piece at all (else it is in the writer).
 func (s *swarm) buffered(p []byte, off int64) (int, bool, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -280,7 +280,7 @@ func (s *swarm) buffered(p []byte, off int64) (int, bool, bool) {
 	if data, ok := s.buf[i]; ok {
 		return copy(p, data[off-int64(i)*piece.Size:]), true, true
 	}
-	return 0, i < s.frontier, true
+	return 0, false, i < s.frontier // written: read it from the writer
 }
 
 func (s *swarm) becomeOrigin() bool {

@@ -23,6 +23,9 @@ const (
 	relookupEvery = 500 * time.Millisecond
 	// swarmHolders is how many holders one lookup asks for.
 	swarmHolders = 16
+	// maxStrikes: a source whose piece requests failed this many times in
+	// a row is dropped.
+	maxStrikes = 3
 )
 
 // peerSrc is one fleet member the swarm takes pieces from.
@@ -190,6 +193,7 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		}
 	}
 	for _, m := range rank(r.dl.d, members) {
+		r.n.log.Debug("swarm: choose fetcher", "digest", r.dl.d, "member", m.ID, "self", m.Self)
 		if m.Self {
 			if r.n.mirrors(r.name) {
 				r.sw.becomeOrigin()
@@ -208,6 +212,7 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		err := r.n.peers.Fetch(fctx, m.DataURL, r.dl.d, ns, r.name.Repo)
 		cancel()
 		if err != nil {
+			r.n.log.Debug("swarm: member could not fetch for the fleet", "digest", r.dl.d, "member", m.ID, "err", err)
 			r.fail(m.ID, "peer", err)
 			continue
 		}
@@ -403,7 +408,7 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 // work asks one source for pieces, one at a time.
 func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 	defer r.wg.Done()
-	busy := 0
+	busy, strikes := 0, 0
 	for ctx.Err() == nil && !r.sw.complete() {
 		src.mu.Lock()
 		gone, has := src.gone, src.have
@@ -431,11 +436,21 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 		busy = 0
 		if err != nil {
 			r.sw.release(i)
-			if ctx.Err() == nil {
-				r.drop(src, err)
+			if ctx.Err() != nil {
+				return
 			}
-			return
+			// A piece can fail once in a race with the holder's commit or a
+			// busy socket; a source that keeps failing is gone.
+			if strikes++; strikes >= maxStrikes {
+				r.drop(src, err)
+				return
+			}
+			if !sleep(ctx, 20*time.Millisecond) {
+				return
+			}
+			continue
 		}
+		strikes = 0
 		fresh, err := r.sw.deliver(i, *data, false)
 		if err != nil {
 			piecePool.Put(data)

@@ -134,4 +134,3 @@ func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
 		i = next
 	}
 }
-

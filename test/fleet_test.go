@@ -75,20 +75,25 @@ func TestFleetOfFive(t *testing.T) {
 			t.Errorf("upstream served blob %s %d times (%d bytes), want once (%d bytes)", d, s.BlobGets[d], s.BlobBytes[d], len(b))
 		}
 	}
-	if st := nodes[0].status(ctx, t); st.FetchedBytes["upstream"] != float64(blobTotal) || st.FetchedBytes["peer"] != 0 {
-		t.Errorf("node1 fetched %v, want all %d blob bytes from upstream", st.FetchedBytes, blobTotal)
-	}
-	for _, n := range nodes[1:] {
+	// Node 1's pull went upstream through the member ranked first for each
+	// blob (rendezvous hashing), which may be node 1 itself; everything
+	// after it came from peers.
+	var fromUpstream float64
+	for i, n := range nodes {
 		st := n.status(ctx, t)
-		if st.FetchedBytes["peer"] != float64(blobTotal) || st.FetchedBytes["upstream"] != 0 {
-			t.Errorf("%s fetched %v, want all %d blob bytes from peers and none from upstream", n.name, st.FetchedBytes, blobTotal)
+		fromUpstream += st.FetchedBytes["upstream"]
+		if got := st.FetchedBytes["peer"] + st.FetchedBytes["upstream"]; got < float64(blobTotal) {
+			t.Errorf("%s fetched %v, want the image's %d blob bytes", n.name, st.FetchedBytes, blobTotal)
 		}
-		if st.ServedBytes["peer"] != float64(blobTotal) {
-			t.Errorf("%s served %v to its client, want %d bytes that came from peers", n.name, st.ServedBytes, blobTotal)
+		if i > 0 && st.ServedBytes["upstream"] != 0 {
+			t.Errorf("%s served %v to its client, want nothing that came from upstream", n.name, st.ServedBytes)
 		}
 		if st.StoreBlobs < int64(len(blobs)) {
 			t.Errorf("%s stores %d blobs, want at least the image's %d", n.name, st.StoreBlobs, len(blobs))
 		}
+	}
+	if fromUpstream != float64(blobTotal) {
+		t.Errorf("the fleet fetched %.0f bytes from upstream, want the image's %d once", fromUpstream, blobTotal)
 	}
 
 	// The uplink goes down: each node serves the image from its own store,

@@ -145,6 +145,12 @@ func TestQuotaEviction(t *testing.T) {
 		t.Errorf("images ls = %+v; want only the pinned image, complete", rows)
 	}
 
+	for _, rec := range gcRuns(t, n) {
+		t.Logf("GC run: %v images, %v blobs, %.0f bytes (store %.0f -> %.0f, low %.0f), skipped busy %v, took %v",
+			rec["images"], rec["blobs"], rec["bytes"], rec["before"], rec["after"], rec["low"], rec["skipped_busy"],
+			time.Duration(int64(rec["duration"].(float64))))
+	}
+
 	// The pinned image is whole and served locally with the upstream down;
 	// an evicted one is really gone.
 	up.proxy.SetMode(modeDown503)

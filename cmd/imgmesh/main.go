@@ -91,7 +91,7 @@ func (c *cli) rootCmd() *cobra.Command {
 		return usageError{cmd: cmd.CommandPath(), err: err}
 	})
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(c.serveCmd(), c.configCmd(), c.versionCmd(), c.keygenCmd(), c.peersCmd(), c.statusCmd(), c.benchCmd(), c.importCmd(), c.exportCmd(), c.imagesCmd())
+	root.AddCommand(c.serveCmd(), c.configCmd(), c.versionCmd(), c.keygenCmd(), c.peersCmd(), c.statusCmd(), c.prefetchCmd(), c.benchCmd(), c.importCmd(), c.exportCmd(), c.imagesCmd())
 	return root
 }
 
