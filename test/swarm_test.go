@@ -121,9 +121,12 @@ func TestSwarmFetcherKilledHalfway(t *testing.T) {
 			t.Fatalf("pull through %s did not finish: %v", n.name, ctx.Err())
 		}
 	}
+	// At worst the pieces the dead fetcher had not passed on yet are fetched
+	// again, plus what sat in socket buffers of streams cut short (4 MiB);
+	// refetching what the survivors held would cost the whole blob again.
 	sent := up.proxy.Stats().BlobBytes[d]
-	if sent > blobSize*5/4 {
-		t.Errorf("upstream sent %d bytes of a %d-byte blob: what the fleet had before the takeover was fetched again", sent, blobSize)
+	if limit := blobSize + int64(fetched) + 4<<20; sent > limit {
+		t.Errorf("upstream sent %d bytes of a %d-byte blob, more than %d: what the fleet had before the takeover was fetched again", sent, blobSize, limit)
 	}
 	t.Logf("upstream sent %d bytes in all (%.2fx the blob)", sent, float64(sent)/blobSize)
 }
