@@ -2,18 +2,29 @@ package discovery
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 
 	"github.com/hashicorp/memberlist"
 )
 
 // MaxGossipMessage is the largest message Broadcast spreads by gossip
-// (UDP packets piggybacked on probes, retransmitted a few times by every
-// member). A larger message goes straight to each alive member over TCP.
+// (UDP packets, sent a few times to random members by the sender and by
+// every member that receives it for the first time). A larger message goes
+// straight to each alive member over TCP.
 const MaxGossipMessage = 1024
+
+// maxQueue bounds the gossip waiting to be sent; past it the messages sent
+// most often already are dropped first.
+const maxQueue = 1024
+
+// seenWindow is how many recent messages a member remembers, to deliver and
+// pass on each only once.
+const seenWindow = 8192
 
 // maxInbox bounds messages and states received but not yet handed to
 // OnMessage/OnState; past it they are dropped (push/pull brings the state
@@ -27,9 +38,10 @@ const retransmitMult = 4
 // Channel is a fleet-wide channel of opaque messages: discovery carries the
 // bytes and never looks inside. Set it in Options.
 type Channel struct {
-	// OnMessage receives every message another member broadcast, once per
-	// arrival (gossip may deliver a message twice: make handling
-	// idempotent). Called on one goroutine of its own, in arrival order.
+	// OnMessage receives every message another member broadcast. Identical
+	// bytes are delivered once while recent (seenWindow messages); a message
+	// too large for gossip may come again. Called on one goroutine of its
+	// own, in arrival order.
 	OnMessage func(msg []byte)
 	// State returns this node's full state for memberlist's push/pull (when
 	// a member joins, and every PushPullInterval with a random member), so
@@ -49,6 +61,9 @@ type broadcaster struct {
 	mu      sync.Mutex
 	inbox   []inboxItem
 	dropped int
+	seen    map[[sha256.Size]byte]bool
+	seenLog [][sha256.Size]byte // ring of seenWindow entries
+	seenAt  int
 	wake    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
@@ -61,6 +76,7 @@ type inboxItem struct {
 
 func newBroadcaster(ch Channel, log *slog.Logger) *broadcaster {
 	return &broadcaster{ch: ch, log: log, queue: &memberlist.TransmitLimitedQueue{RetransmitMult: retransmitMult},
+		seen: map[[sha256.Size]byte]bool{}, seenLog: make([][sha256.Size]byte, seenWindow),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -77,10 +93,43 @@ func (b *broadcaster) close() {
 	b.queue.Reset()
 }
 
-// received copies p (memberlist reuses it) into the inbox.
+// firstSight records msg and reports whether it is new. Locks b.mu.
+func (b *broadcaster) firstSight(msg []byte) bool {
+	h := sha256.Sum256(msg)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.seen[h] {
+		return false
+	}
+	delete(b.seen, b.seenLog[b.seenAt])
+	b.seenLog[b.seenAt] = h
+	b.seenAt = (b.seenAt + 1) % len(b.seenLog)
+	b.seen[h] = true
+	return true
+}
+
+// enqueue adds gossip to send, bounded by maxQueue.
+func (b *broadcaster) enqueue(m memberlist.Broadcast) {
+	b.queue.QueueBroadcast(m)
+	if b.queue.NumQueued() > maxQueue {
+		b.queue.Prune(maxQueue)
+	}
+}
+
+// received copies p (memberlist reuses it) into the inbox. A message seen
+// for the first time is passed on: memberlist's senders reach only a few
+// random members, so every receiver gossips it once more.
 func (b *broadcaster) received(p []byte, state bool) {
 	if len(p) == 0 || (state && b.ch.OnState == nil) || (!state && b.ch.OnMessage == nil) {
 		return
+	}
+	if !state {
+		if !b.firstSight(p) {
+			return
+		}
+		if len(p) <= MaxGossipMessage {
+			b.enqueue(message(bytes.Clone(p)))
+		}
 	}
 	b.mu.Lock()
 	if len(b.inbox) >= maxInbox {
@@ -134,12 +183,27 @@ func (b *broadcaster) localState() []byte {
 	return b.ch.State()
 }
 
-// message is one queued broadcast.
+// message is one queued broadcast, unique: the queue never compares it.
 type message []byte
 
 func (m message) Invalidates(memberlist.Broadcast) bool { return false }
 func (m message) Message() []byte                       { return m }
 func (m message) Finished()                             {}
+func (m message) UniqueBroadcast()                      {}
+
+// namedMessage replaces a queued message of the same name.
+type namedMessage struct {
+	name string
+	b    []byte
+}
+
+func (m namedMessage) Invalidates(o memberlist.Broadcast) bool {
+	nb, ok := o.(memberlist.NamedBroadcast)
+	return ok && nb.Name() == m.name
+}
+func (m namedMessage) Message() []byte { return m.b }
+func (m namedMessage) Finished()       {}
+func (m namedMessage) Name() string    { return m.name }
 
 // ErrEmptyMessage: Broadcast was given no bytes.
 var ErrEmptyMessage = errors.New("discovery: empty message")
@@ -150,7 +214,12 @@ var ErrEmptyMessage = errors.New("discovery: empty message")
 // member, which may take up to Timing.TCPTimeout per unreachable one.
 // Members that are away get it only through the Channel's State on
 // push/pull. Broadcast returns without waiting for gossip.
-func (f *Fleet) Broadcast(msg []byte) error {
+func (f *Fleet) Broadcast(msg []byte) error { return f.BroadcastNamed("", msg) }
+
+// BroadcastNamed is Broadcast, except that a gossiped message still queued
+// here under the same name is dropped for this one: the fleet hears the
+// latest of a stream of updates (progress), not a backlog. "" names nothing.
+func (f *Fleet) BroadcastNamed(name string, msg []byte) error {
 	if len(msg) == 0 {
 		return ErrEmptyMessage
 	}
@@ -159,18 +228,27 @@ func (f *Fleet) Broadcast(msg []byte) error {
 	if f.closed {
 		return errClosed
 	}
+	f.del.bc.firstSight(msg) // relayed back to us: not delivered
 	if len(msg) <= MaxGossipMessage {
-		f.del.bc.queue.QueueBroadcast(message(bytes.Clone(msg)))
+		if name != "" {
+			f.del.bc.enqueue(namedMessage{name: name, b: bytes.Clone(msg)})
+		} else {
+			f.del.bc.enqueue(message(bytes.Clone(msg)))
+		}
 		return nil
 	}
-	self := f.ml.LocalNode().Name
 	var errs []error
-	for _, n := range f.ml.Members() {
-		if n.Name == self {
+	for _, m := range f.Members() { // not ml.Members(): memberlist mutates those nodes as we read
+		if m.Self || m.State == StateDead || m.State == StateLeft {
 			continue
 		}
-		if err := f.ml.SendReliable(n, msg); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", n.Name, err))
+		host, port, err := splitHostPort(m.Addr)
+		if err != nil {
+			continue
+		}
+		to := &memberlist.Node{Name: m.Name, Addr: net.ParseIP(host), Port: uint16(port)}
+		if err := f.ml.SendReliable(to, msg); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", m.Name, err))
 		}
 	}
 	if len(errs) > 0 {

@@ -74,19 +74,23 @@ func randomBytes(t *testing.T, n int) []byte {
 
 func TestBroadcastReachesEveryMember(t *testing.T) {
 	t.Parallel()
+	// The sender alone sends a gossiped message 4 times (retransmitMult ×
+	// log10 of the fleet size) to random members: 8 members are only all
+	// reached because receivers pass it on.
 	tests := []struct {
-		name string
-		key  []byte
-		size int
+		name    string
+		key     []byte
+		size    int
+		members int
 	}{
-		{name: "gossip", size: 200},
-		{name: "gossip at the limit, encrypted", key: randomBytes(t, 32), size: MaxGossipMessage},
-		{name: "too large for gossip: TCP", size: 16 << 10},
+		{name: "gossip", size: 200, members: 8},
+		{name: "gossip at the limit, encrypted", key: randomBytes(t, 32), size: MaxGossipMessage, members: 4},
+		{name: "too large for gossip: TCP", size: 16 << 10, members: 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			var boxes [4]inbox
+			boxes := make([]inbox, tt.members)
 			seed := start(t, Options{Name: "m0", Key: tt.key, Channel: boxes[0].channel()})
 			fleet := []*Fleet{seed}
 			for i := 1; i < len(boxes); i++ {
@@ -94,7 +98,7 @@ func TestBroadcastReachesEveryMember(t *testing.T) {
 					Join: []string{seed.Addr()}, Channel: boxes[i].channel()}))
 			}
 			for _, f := range fleet {
-				eventually(t, 10*time.Second, func() error { return seesAlive(f, fleet...) })
+				eventually(t, 20*time.Second, func() error { return seesAlive(f, fleet...) })
 			}
 			msg := randomBytes(t, tt.size)
 			if err := fleet[2].Broadcast(msg); err != nil {
@@ -104,7 +108,7 @@ func TestBroadcastReachesEveryMember(t *testing.T) {
 				if i == 2 {
 					continue
 				}
-				eventually(t, 5*time.Second, func() error { return boxes[i].hasMessage(msg) })
+				eventually(t, 15*time.Second, func() error { return boxes[i].hasMessage(msg) })
 			}
 			if err := boxes[2].hasMessage(msg); err == nil {
 				t.Error("the sender received its own broadcast")
@@ -119,15 +123,15 @@ func TestStateReachesMembersThatWereAway(t *testing.T) {
 	a.setState([]byte("state of a"))
 	fa := start(t, Options{Name: "a", Channel: a.channel()})
 	fb := start(t, Options{Name: "b", Join: []string{fa.Addr()}, Channel: b.channel()})
-	eventually(t, 10*time.Second, func() error { return seesAlive(fb, fa, fb) })
+	eventually(t, 20*time.Second, func() error { return seesAlive(fb, fa, fb) })
 
 	// A member that joins after the news gets it by push/pull when it joins.
 	start(t, Options{Name: "late", Join: []string{fa.Addr()}, Channel: late.channel()})
-	eventually(t, 5*time.Second, func() error { return late.hasState([]byte("state of a")) })
+	eventually(t, 15*time.Second, func() error { return late.hasState([]byte("state of a")) })
 
 	// State changes reach members on the periodic push/pull (1s in tests).
 	late.setState([]byte("state of late, v2"))
-	eventually(t, 10*time.Second, func() error {
+	eventually(t, 20*time.Second, func() error {
 		return errors.Join(a.hasState([]byte("state of late, v2")), b.hasState([]byte("state of late, v2")))
 	})
 }
@@ -143,5 +147,30 @@ func TestBroadcastAfterClose(t *testing.T) {
 	}
 	if err := f.Broadcast([]byte("x")); !errors.Is(err, errClosed) {
 		t.Fatalf("after Close: %v, want errClosed", err)
+	}
+}
+
+func TestBroadcastNamedKeepsTheLatest(t *testing.T) {
+	t.Parallel()
+	var in inbox
+	a := start(t, Options{Name: "a"})
+	// Alone, a gossips to nobody: its queue holds what it was given.
+	for i := range 5 {
+		if err := a.BroadcastNamed("progress", fmt.Appendf(nil, "progress %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Broadcast([]byte("order")); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.del.bc.queue.NumQueued(); n != 2 {
+		t.Fatalf("%d messages queued, want 2 (the latest progress and the order)", n)
+	}
+	start(t, Options{Name: "b", Join: []string{a.Addr()}, Channel: in.channel()})
+	eventually(t, 15*time.Second, func() error {
+		return errors.Join(in.hasMessage([]byte("progress 4")), in.hasMessage([]byte("order")))
+	})
+	if in.hasMessage([]byte("progress 3")) == nil {
+		t.Fatal("a replaced progress message was delivered")
 	}
 }

@@ -15,8 +15,12 @@ import (
 	"github.com/imgmesh/imgmesh/internal/piece"
 )
 
-// errBusyPeer: a holder serves as many bodies as it allows right now.
-var errBusyPeer = dataplane.ErrBusy
+var (
+	// errBusyPeer: a holder serves as many bodies as it allows right now.
+	errBusyPeer = dataplane.ErrBusy
+	// errNotHeld: the peer has no such blob (any more).
+	errNotHeld = dataplane.ErrNotHeld
+)
 
 // The node answers its data plane about what lies beyond its store.
 var _ dataplane.Swarm = (*Node)(nil)
@@ -58,13 +62,18 @@ func (n *Node) Pieces(ctx context.Context, d digest.Digest, from, after int, wai
 	if err != nil {
 		return piece.State{}, err
 	}
-	hashes, err := n.hashes.get(ctx, n.ingest, info)
-	if err != nil {
-		return piece.State{}, err
+	count := piece.Count(info.Size)
+	st := piece.State{Size: info.Size, Complete: true, Have: piece.Full(count), From: min(from, count)}
+	// Hashing a large blob takes a while: answer without hashes until they
+	// are ready (the peer asks again), rather than hold the request.
+	hashes, ok := n.hashes.lookup(info.Digest)
+	if !ok {
+		hashes, ok = n.hashes.compute(ctx, n.ingest, info, max(wait, 100*time.Millisecond), n.goBackground)
 	}
-	st := piece.State{Size: info.Size, Complete: true, Have: piece.Full(len(hashes)), From: min(from, len(hashes))}
-	for _, h := range hashes[st.From:] {
-		st.Hashes = append(st.Hashes, h.String())
+	if ok {
+		for _, h := range hashes[st.From:] {
+			st.Hashes = append(st.Hashes, h.String())
+		}
 	}
 	return st, nil
 }
@@ -127,42 +136,64 @@ func (n *Node) Fetch(ctx context.Context, d digest.Digest, ns, repo string) erro
 // hashCache keeps the piece hashes of a few stored blobs: computing them
 // reads the whole blob.
 type hashCache struct {
-	mu     sync.Mutex
-	hashes map[digest.Digest][]piece.Hash
-	order  []digest.Digest
+	mu      sync.Mutex
+	hashes  map[digest.Digest][]piece.Hash
+	order   []digest.Digest
+	running map[digest.Digest]chan struct{} // hashing in progress
 }
 
 const hashCacheSize = 64
 
-func (c *hashCache) get(ctx context.Context, s blobstore.Store, info blobstore.Info) ([]piece.Hash, error) {
-	c.mu.Lock()
-	h, ok := c.hashes[info.Digest]
-	c.mu.Unlock()
-	if ok {
-		return h, nil
-	}
-	b, err := s.Open(ctx, info.Digest)
-	if err != nil {
-		return nil, err
-	}
-	defer b.Close()
-	if h, err = piece.HashAll(b, info.Size); err != nil {
-		return nil, err
-	}
+func (c *hashCache) lookup(d digest.Digest) ([]piece.Hash, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.hashes == nil {
-		c.hashes = map[digest.Digest][]piece.Hash{}
+	h, ok := c.hashes[d]
+	return h, ok
+}
+
+// compute hashes a stored blob's pieces in the background (once per blob
+// at a time) and waits up to wait for the result.
+func (c *hashCache) compute(ctx context.Context, s blobstore.Store, info blobstore.Info, wait time.Duration, spawn func(func()) bool) ([]piece.Hash, bool) {
+	c.mu.Lock()
+	if c.running == nil {
+		c.running = map[digest.Digest]chan struct{}{}
 	}
-	if _, ok := c.hashes[info.Digest]; !ok {
-		c.hashes[info.Digest] = h
-		c.order = append(c.order, info.Digest)
-		if len(c.order) > hashCacheSize {
-			delete(c.hashes, c.order[0])
-			c.order = c.order[1:]
+	done, running := c.running[info.Digest]
+	if !running {
+		done = make(chan struct{})
+		c.running[info.Digest] = done
+		finish := func() {
+			c.mu.Lock()
+			delete(c.running, info.Digest)
+			c.mu.Unlock()
+			close(done)
+		}
+		if !spawn(func() {
+			defer finish()
+			b, err := s.Open(context.Background(), info.Digest)
+			if err != nil {
+				return
+			}
+			defer b.Close()
+			if h, err := piece.HashAll(b, info.Size); err == nil {
+				c.put(info.Digest, h)
+			}
+		}) {
+			c.mu.Unlock()
+			finish()
+			return nil, false
 		}
 	}
-	return h, nil
+	c.mu.Unlock()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return c.lookup(info.Digest)
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return nil, false
 }
 
 // put remembers the hashes a download learned, so serving the blob once
@@ -181,6 +212,22 @@ func (c *hashCache) put(d digest.Digest, h []piece.Hash) {
 		}
 	}
 	c.hashes[d] = h
+}
+
+// goBackground runs f on a goroutine Close waits for, unless the node is
+// closing.
+func (n *Node) goBackground(f func()) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // throttled applies the download rate cap, if any.

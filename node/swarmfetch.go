@@ -359,16 +359,21 @@ func (r *swarmRun) gotPiece(kind, from string, size int) {
 // poll long-polls a source's piece state and keeps its workers going.
 func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 	defer r.wg.Done()
-	after := -1
+	after, strikes := -1, 0
 	for ctx.Err() == nil && !r.sw.complete() {
 		st, err := r.n.peers.Pieces(ctx, src.url, r.dl.d, r.sw.firstUnknown(), after, pollWait)
-		if errors.Is(err, errBusyPeer) {
-			if !sleep(ctx, 20*time.Millisecond) {
+		if errors.Is(err, errBusyPeer) || (err != nil && !errors.Is(err, errNotHeld) && strikes < maxStrikes-1) {
+			// Busy, or a hiccup (a slow dial on a loaded host): ask again.
+			if !errors.Is(err, errBusyPeer) {
+				strikes++
+			}
+			if !sleep(ctx, 50*time.Millisecond) {
 				return
 			}
 			continue
 		}
 		if err == nil {
+			strikes = 0
 			if err = r.sw.setSize(st.Size); err == nil {
 				err = r.sw.learn(st.From, st.Hashes)
 			}
@@ -399,8 +404,14 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 		}
 		r.sw.poke()
 		after = st.Have.Len()
-		if st.Complete && r.sw.firstUnknown() >= r.sw.pieceCount() {
-			return // it has everything and we know every hash: nothing more to learn
+		if st.Complete {
+			if r.sw.firstUnknown() >= r.sw.pieceCount() {
+				return // it has everything and we know every hash: nothing more to learn
+			}
+			// Its hashes are still being computed: ask again shortly.
+			if !sleep(ctx, 50*time.Millisecond) {
+				return
+			}
 		}
 	}
 }

@@ -3,7 +3,6 @@ package prefetch
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,8 +59,9 @@ type Runtime struct {
 	Labels map[string]string // this member's labels
 	Puller Puller
 	Pinner Pinner // nil: images are not pinned (logged once)
-	// Broadcast gossips to the fleet; nil: a lone node.
-	Broadcast func(msg []byte) error
+	// Broadcast gossips msg to the fleet; a message still queued under the
+	// same name (if not "") is replaced. nil: a lone node.
+	Broadcast func(name string, msg []byte) error
 	// Members lists the fleet; nil: this node alone.
 	Members func() []Member
 	// DefaultRegistry is the registry a reference without one means (the
@@ -81,7 +81,7 @@ type Manager struct {
 	rt      *Runtime           // nil until Start
 	clock   int64              // largest version seen for this member's reports
 	dirty   map[string]bool    // orders whose own report has unsent progress
-	unsaved bool
+	unsaved bool               // orders or report states changed since the file was written (progress alone is not kept)
 
 	saveMu sync.Mutex // one file write at a time, in order
 
@@ -262,93 +262,6 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 	return st, nil
 }
 
-// OnMessage takes a message another member broadcast (discovery's Channel).
-func (m *Manager) OnMessage(b []byte) {
-	var msg message
-	if err := json.Unmarshal(b, &msg); err != nil {
-		m.log.Debug("prefetch message not understood", "err", err)
-		return
-	}
-	var s snapshot
-	if msg.Order != nil {
-		s.Orders = append(s.Orders, *msg.Order)
-	}
-	if msg.Report != nil {
-		s.Reports = append(s.Reports, *msg.Report)
-	}
-	m.merge(s)
-}
-
-// State is this node's orders and reports for gossip push/pull.
-func (m *Manager) State() []byte {
-	m.mu.Lock()
-	s := m.t.snapshot()
-	m.mu.Unlock()
-	b, err := json.Marshal(s)
-	if err != nil {
-		return nil
-	}
-	return b
-}
-
-// OnState merges another member's State.
-func (m *Manager) OnState(b []byte) {
-	s, err := decodeSnapshot(b)
-	if err != nil {
-		m.log.Debug("prefetch state not understood", "err", err)
-		return
-	}
-	m.merge(s)
-}
-
-// merge adds what s brings. A report about this member from elsewhere is
-// never taken: this member answers it with its own, newer one.
-func (m *Manager) merge(s snapshot) {
-	now := m.opts.Now()
-	var resend []Report
-	newOrders := false
-	m.mu.Lock()
-	for _, o := range s.Orders {
-		added, err := m.t.addOrder(o, now)
-		if err != nil {
-			m.log.Debug("order from the fleet refused", "order", o.ID, "err", err)
-			continue
-		}
-		if added {
-			newOrders, m.unsaved = true, true
-			m.log.Info("prefetch order received", "order", o.ID, "refs", o.Refs, "selector", o.Selector)
-			if own := m.markPendingLocked(o); own != nil {
-				resend = append(resend, *own)
-			}
-		}
-	}
-	for _, r := range s.Reports {
-		if m.rt != nil && r.Member == m.rt.Self {
-			if own, ok := m.t.report(r.Order, r.Member); ok && r.Version >= own.Version {
-				m.clock = max(m.clock, r.Version)
-				own.Version = versionAfter(m.clock, now)
-				m.clock = own.Version
-				m.t.reports[r.Order][r.Member] = own
-				resend = append(resend, own)
-			}
-			m.clock = max(m.clock, r.Version)
-			continue
-		}
-		if added, err := m.t.addReport(r); err != nil {
-			m.log.Debug("report from the fleet refused", "err", err)
-		} else if added {
-			m.unsaved = true
-		}
-	}
-	m.mu.Unlock()
-	for i := range resend {
-		m.send(message{Report: &resend[i]})
-	}
-	if newOrders {
-		m.kick()
-	}
-}
-
 // markPendingLocked gives this member a pending report of o when o selects
 // it, is still running, and it has none yet. It returns the new report.
 func (m *Manager) markPendingLocked(o Order) *Report {
@@ -370,6 +283,7 @@ func (m *Manager) setOwnLocked(id string, update func(*Report)) Report {
 	if !ok {
 		r = Report{Order: id, Member: m.rt.Self}
 	}
+	prev := r.State
 	update(&r)
 	r.Updated = now.UTC()
 	r.Version = versionAfter(m.clock, now)
@@ -377,7 +291,9 @@ func (m *Manager) setOwnLocked(id string, update func(*Report)) Report {
 	if _, err := m.t.addReport(r); err != nil {
 		m.log.Error("own report refused", "order", id, "err", err)
 	}
-	m.unsaved = true
+	if !ok || r.State != prev {
+		m.unsaved = true
+	}
 	return r
 }
 
@@ -386,58 +302,5 @@ func (m *Manager) kick() {
 	select {
 	case m.wake <- struct{}{}:
 	default:
-	}
-}
-
-// send gossips msg (nothing for a lone node).
-func (m *Manager) send(msg message) {
-	m.mu.Lock()
-	rt := m.rt
-	m.mu.Unlock()
-	if rt == nil || rt.Broadcast == nil {
-		return
-	}
-	b, err := json.Marshal(msg)
-	if err != nil {
-		return
-	}
-	if err := rt.Broadcast(b); err != nil {
-		m.log.Debug("prefetch gossip", "err", err)
-	}
-}
-
-// flushLoop gossips progress at most once per ReportInterval per order,
-// writes the file when something changed, and expires old orders.
-func (m *Manager) flushLoop(ctx context.Context) {
-	tick := time.NewTicker(m.opts.ReportInterval)
-	defer tick.Stop()
-	lastExpire := m.opts.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		m.mu.Lock()
-		var out []Report
-		for id := range m.dirty {
-			if r, ok := m.t.report(id, m.rt.Self); ok {
-				out = append(out, r)
-			}
-		}
-		clear(m.dirty)
-		if now := m.opts.Now(); now.Sub(lastExpire) > time.Minute {
-			lastExpire = now
-			if m.t.expire(now) {
-				m.unsaved = true
-			}
-		}
-		m.mu.Unlock()
-		for i := range out {
-			m.send(message{Report: &out[i]})
-		}
-		if err := m.save(); err != nil {
-			m.log.Warn("write prefetch state", "err", err)
-		}
 	}
 }

@@ -110,8 +110,8 @@ func (f *memFleet) list() []Member {
 	return out
 }
 
-func (f *memFleet) broadcast(from string) func([]byte) error {
-	return func(b []byte) error {
+func (f *memFleet) broadcast(from string) func(string, []byte) error {
+	return func(_ string, b []byte) error {
 		f.mu.Lock()
 		var to []*Manager
 		for name, fm := range f.members {
