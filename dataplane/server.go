@@ -68,10 +68,10 @@ type server struct {
 	swarm    Swarm
 	slots    chan struct{}
 	throttle func(ctx context.Context, w io.Writer) io.Writer
-	key   []byte
-	log   *slog.Logger
-	m     *metrics
-	now   func() time.Time
+	key      []byte
+	log      *slog.Logger
+	m        *metrics
+	now      func() time.Time
 }
 
 // NewServer returns the data-plane HTTP handler serving opts.Store.
