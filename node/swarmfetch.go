@@ -251,6 +251,7 @@ func (r *swarmRun) addSource(ctx context.Context, id, url string) {
 	if src := r.srcs[id]; (src != nil && !src.isGone()) || r.failed[id] {
 		return
 	}
+	r.n.log.Debug("swarm: source added", "digest", r.dl.d, "peer", id)
 	src := &peerSrc{id: id, url: url, pending: map[int]bool{}}
 	r.srcs[id] = src
 	r.wg.Add(1)

@@ -74,6 +74,7 @@ func (r *swarmRun) fromUpstream(ctx context.Context) {
 func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
 	claimed := r.sw.knownSize() >= 0
 	off := int64(i) * piece.Size
+	r.n.log.Debug("swarm: upstream stream", "digest", r.dl.d, "piece", i)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	body, total, err := r.n.openUpstream(ctx, r.name, r.dl.d, off)

@@ -60,7 +60,7 @@ func Defaults() Config {
 	return Config{
 		Nodes: 10, Size: 200e6, Layers: 4, Link: 100e6 / 8, Uplink: 50e6 / 8,
 		Out: "bench/results/fleet", Scenarios: AllScenarios, Seed: 1,
-		TimeoutFactor: 3, BaselineBudget: 60 * time.Second,
+		TimeoutFactor: 4, BaselineBudget: 30 * time.Second,
 	}
 }
 
