@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -109,21 +110,29 @@ func (s *swarm) firstUnknown() int {
 
 // claim picks the next piece to ask a source for and counts it in flight:
 // within the window, a piece the source has and we lack, whose hash we
-// know; the rarest among the known sources first, then the lowest index
-// (the client streams in order). When every such piece is in flight
+// know; the rarest among the known sources first, at random among equals
+// (peers trade different pieces). When every such piece is in flight
 // already (the endgame of the window), the lowest one is asked a second
 // time from another source. -1 if none.
 func (s *swarm) claim(has piece.Set, pending func(int) bool, rarity func(int) int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	best, bestRare := -1, 0
+	best, bestRare, ties := -1, 0, 0
 	end := min(s.count, s.frontier+s.window)
 	for i := s.frontier; i < end; i++ {
 		if s.have.Has(i) || !s.known.Has(i) || !has.Has(i) || s.inflight[i] > 0 {
 			continue
 		}
-		if r := rarity(i); best < 0 || r < bestRare {
-			best, bestRare = i, r
+		// Among the rarest, pick at random: peers that start together then
+		// ask their sources for different pieces and trade them, instead of
+		// all asking the one holder for the same piece.
+		switch r := rarity(i); {
+		case best < 0 || r < bestRare:
+			best, bestRare, ties = i, r, 1
+		case r == bestRare:
+			if ties++; rand.IntN(ties) == 0 {
+				best = i
+			}
 		}
 	}
 	if best < 0 {

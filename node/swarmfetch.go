@@ -19,6 +19,9 @@ const (
 	requestsPerSource = 2
 	// pollWait is how long a holder may hold a piece-state poll open.
 	pollWait = time.Second
+	// pollEvery spaces the polls of one source (three pieces' time at
+	// 100 Mbit/s).
+	pollEvery = 250 * time.Millisecond
 	// relookupEvery spaces the lookups for new holders while a blob swarms.
 	relookupEvery = 500 * time.Millisecond
 	// swarmHolders is how many holders one lookup asks for.
@@ -26,11 +29,22 @@ const (
 	// maxStrikes: a source whose piece requests failed this many times in
 	// a row is dropped.
 	maxStrikes = 3
+	// notHeldRetry spaces asking a member that does not have the blob yet.
+	notHeldRetry = 250 * time.Millisecond
+	// firstAnswerWait bounds waiting for the members' first answers before
+	// a miss asks the fleet's fetcher.
+	firstAnswerWait = 300 * time.Millisecond
 )
 
 // peerSrc is one fleet member the swarm takes pieces from.
 type peerSrc struct {
 	id, url string
+	// member: a fleet member asked whether it has the blob at all; "not
+	// held" means not yet, and it is asked again.
+	member   bool
+	answered chan struct{} // closed at its first answer
+	kick     chan struct{} // wakes a poll waiting after "not held"
+	once     sync.Once
 
 	mu       sync.Mutex
 	have     piece.Set
@@ -39,6 +53,8 @@ type peerSrc struct {
 	gone     bool
 	workers  bool
 }
+
+func (p *peerSrc) answer() { p.once.Do(func() { close(p.answered) }) }
 
 func (p *peerSrc) holds(i int) bool {
 	p.mu.Lock()
@@ -86,13 +102,16 @@ func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer,
 	defer cancel()
 	dl.setRun(r)
 
+	found := false
 	for _, h := range n.holders(ctx, dl.d.String(), swarmHolders) {
-		r.addSource(ctx, h.ID, h.DataURL)
+		found = r.addSource(ctx, h.ID, h.DataURL, false) || found
 	}
-	if r.sw.isOrigin() {
+	asked := r.askMembers(ctx)
+	switch {
+	case r.sw.isOrigin():
 		r.ensureUpstream(ctx)
-	} else if r.sourceCount() == 0 {
-		r.chooseFetcher(ctx)
+	case !found && !r.firstAnswers(ctx, asked):
+		r.chooseFetcher(ctx) // nobody in the fleet has a piece of it yet
 	}
 	r.wg.Add(1)
 	go r.discover(ctx)
@@ -216,7 +235,8 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 			r.fail(m.ID, "peer", err)
 			continue
 		}
-		r.addSource(ctx, m.ID, m.DataURL)
+		r.addSource(ctx, m.ID, m.DataURL, false)
+		r.wake(m.ID)
 		return m.ID
 	}
 	return ""
@@ -235,27 +255,81 @@ func (r *swarmRun) discover(ctx context.Context) {
 		case <-t.C:
 		}
 		for _, h := range r.n.holders(ctx, r.dl.d.String(), swarmHolders) {
-			r.addSource(ctx, h.ID, h.DataURL)
+			r.addSource(ctx, h.ID, h.DataURL, false)
 		}
 	}
 }
 
 // addSource starts polling a holder's piece state (and asking it for
-// pieces once it has some), unless it is known or failed us.
-func (r *swarmRun) addSource(ctx context.Context, id, url string) {
+// pieces once it has some), unless it is known or failed us. member: the
+// node is asked because it is in the fleet, not because it announced the
+// blob. It reports whether the source is new.
+func (r *swarmRun) addSource(ctx context.Context, id, url string, member bool) bool {
 	if url == "" || r.n.bad.has(r.dl.d, id) {
-		return
+		return false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if src := r.srcs[id]; (src != nil && !src.isGone()) || r.failed[id] {
-		return
+		return false
 	}
-	r.n.log.Debug("swarm: source added", "digest", r.dl.d, "peer", id)
-	src := &peerSrc{id: id, url: url, pending: map[int]bool{}}
+	src := &peerSrc{id: id, url: url, member: member, answered: make(chan struct{}), kick: make(chan struct{}, 1), pending: map[int]bool{}}
 	r.srcs[id] = src
 	r.wg.Add(1)
 	go r.poll(ctx, src)
+	return true
+}
+
+// askMembers polls every live fleet member for the blob: in a plant-sized
+// fleet, asking everyone finds partial holders at once, where a DHT lookup
+// is bounded by its budget and sees only announced holders.
+func (r *swarmRun) askMembers(ctx context.Context) []*peerSrc {
+	if r.n.members == nil {
+		return nil
+	}
+	var asked []*peerSrc
+	for _, m := range r.n.members.Members() {
+		if m.Self || m.DataURL == "" {
+			continue
+		}
+		if r.addSource(ctx, m.ID, m.DataURL, true) {
+			r.mu.Lock()
+			asked = append(asked, r.srcs[m.ID])
+			r.mu.Unlock()
+		}
+	}
+	return asked
+}
+
+// firstAnswers waits (within the lookup budget, at least firstAnswerWait)
+// until every asked member answered once, and reports whether someone in
+// the fleet has the blob.
+func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc) bool {
+	t := time.NewTimer(max(r.n.opts.LookupTimeout, firstAnswerWait))
+	defer t.Stop()
+	for _, src := range asked {
+		select {
+		case <-src.answered:
+		case <-t.C:
+			return r.sw.knownSize() >= 0
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return r.sw.knownSize() >= 0
+}
+
+// wake makes a member's poll ask again now (it was just asked to fetch).
+func (r *swarmRun) wake(id string) {
+	r.mu.Lock()
+	src := r.srcs[id]
+	r.mu.Unlock()
+	if src != nil {
+		select {
+		case src.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (r *swarmRun) sourceCount() int {
@@ -360,9 +434,27 @@ func (r *swarmRun) gotPiece(kind, from string, size int) {
 // poll long-polls a source's piece state and keeps its workers going.
 func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 	defer r.wg.Done()
+	defer src.answer()
 	after, strikes := -1, 0
+	var last time.Time
 	for ctx.Err() == nil && !r.sw.complete() {
+		// A growing holder answers at each new piece: ask at most every
+		// pollEvery, so a poll brings a few pieces' news, not one.
+		if wait := pollEvery - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+			return
+		}
+		last = time.Now()
 		st, err := r.n.peers.Pieces(ctx, src.url, r.dl.d, r.sw.firstUnknown(), after, pollWait)
+		if src.member && errors.Is(err, errNotHeld) {
+			src.answer() // not yet: it may start the blob later
+			select {
+			case <-ctx.Done():
+				return
+			case <-src.kick:
+			case <-time.After(notHeldRetry):
+			}
+			continue
+		}
 		if errors.Is(err, errBusyPeer) || (err != nil && !errors.Is(err, errNotHeld) && strikes < maxStrikes-1) {
 			// Busy, or a hiccup (a slow dial on a loaded host): ask again.
 			if !errors.Is(err, errBusyPeer) {
@@ -388,6 +480,7 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 			}
 			return
 		}
+		src.answer()
 		src.mu.Lock()
 		src.have, src.complete = st.Have, st.Complete
 		start := !src.workers && st.Have.Len() > 0
@@ -439,8 +532,11 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 		if errors.Is(err, errBusyPeer) {
 			r.sw.release(i)
 			busy++
-			// Another source may have it; back off a little before asking again.
-			if !sleep(ctx, time.Duration(5+rand.IntN(10*min(busy, 5)))*time.Millisecond) {
+			// Its upload slots are taken: other workers ask other sources;
+			// this one backs off (20 ms doubling to 320 ms, jittered) rather
+			// than flood a busy peer with requests it must refuse.
+			backoff := 20 * time.Millisecond << min(busy-1, 4)
+			if !sleep(ctx, backoff/2+rand.N(backoff/2)) {
 				return
 			}
 			continue
