@@ -352,7 +352,7 @@ func TestGC(t *testing.T) {
 	s := blobstore.NewMemory()
 	clock := &testClock{t: time.Now()}
 	s.SetClock(clock.now)
-	g := blobstore.NewGC(blobstore.Quota{Max: 10000, High: 9000, Low: 5000}, time.Hour, nil)
+	g := blobstore.NewGC(blobstore.Quota{Max: 12500, High: 10500, Low: 5000}, time.Hour, nil)
 	w := g.Watch(s)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -365,7 +365,7 @@ func TestGC(t *testing.T) {
 		<-done
 	}()
 	var imgs []testImage
-	for i := range 4 { // 4 × ~2.2 kB: under High
+	for i := range 4 { // 4 × ~2.4 kB (9648 bytes): under High
 		clock.tick()
 		imgs = append(imgs, putImage(t, w, fmt.Sprintf("r%d", i), "v1", "amd64", storetest.Blob(uint64(20+i), 2000)))
 	}
