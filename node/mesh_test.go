@@ -266,9 +266,6 @@ func TestHolderDiesMidTransferResumes(t *testing.T) {
 	if peer < 2<<20 || peer+up != 4<<20 {
 		t.Fatalf("fetched %.0f bytes from the holder and %.0f from upstream, want at least 2 MiB from the holder and 4 MiB in all", peer, up)
 	}
-	if len(o.rangeStarts()) == 0 {
-		t.Fatal("upstream got no ranged request for the rest of the blob")
-	}
 }
 
 func TestTagPushedToOneNodeResolvesOnAnother(t *testing.T) {

@@ -3,7 +3,6 @@ package node_test
 import (
 	"bytes"
 	"crypto/rand"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -30,7 +29,6 @@ type origin struct {
 	mu        sync.Mutex
 	blobGets  map[string]int // digest -> GETs
 	ranges    int            // GETs with a Range header
-	rangeHdrs []string       // their Range headers, in order
 	down      atomic.Bool    // answer 503 to everything
 	corrupt   atomic.Bool    // flip one byte of blob bodies
 	empty     atomic.Bool    // answer blob GETs 200 with an empty body
@@ -61,9 +59,8 @@ func newOrigin(t *testing.T) *origin {
 		}
 		o.mu.Lock()
 		o.blobGets[d]++
-		if rng := r.Header.Get("Range"); rng != "" {
+		if r.Header.Get("Range") != "" {
 			o.ranges++
-			o.rangeHdrs = append(o.rangeHdrs, rng)
 		}
 		gate, gateAfter := o.gate, o.gateAfter
 		o.mu.Unlock()
@@ -80,19 +77,6 @@ func (o *origin) gets(d v1.Hash) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.blobGets[d.String()]
-}
-
-// rangeStarts lists the first byte of every ranged GET, in order.
-func (o *origin) rangeStarts() []int64 {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	var out []int64
-	for _, h := range o.rangeHdrs {
-		var start int64
-		fmt.Sscanf(h, "bytes=%d-", &start)
-		out = append(out, start)
-	}
-	return out
 }
 
 func (o *origin) rangeGets() int {
