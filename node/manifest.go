@@ -3,12 +3,14 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/imgmesh/imgmesh/blobstore"
 	"github.com/imgmesh/imgmesh/p2p"
@@ -22,14 +24,48 @@ const MaxManifestSize = 4 << 20
 // a short timeout, then the local index; digests from the store, then
 // upstream. What upstream serves is verified and stored before it is served.
 func (n *Node) Manifest(ctx context.Context, name Name, ref string, head bool) (Manifest, error) {
-	if isDigest(ref) {
-		return n.manifestByDigest(ctx, name, digest.Digest(ref))
+	d := digest.Digest(ref)
+	if !isDigest(ref) {
+		var err error
+		if d, err = n.resolveTag(ctx, name, ref); err != nil {
+			return Manifest{}, err
+		}
 	}
-	d, err := n.resolveTag(ctx, name, ref)
-	if err != nil {
-		return Manifest{}, err
+	m, err := n.manifestByDigest(ctx, name, d)
+	if err == nil && !head {
+		n.readAhead(ctx, name, m)
 	}
-	return n.manifestByDigest(ctx, name, d)
+	return m, err
+}
+
+// maxReadAhead bounds the blobs one manifest starts fetching ahead.
+const maxReadAhead = 64
+
+// readAhead starts fetching the config and layers of an image manifest a
+// client just read, in a fleet with ReadAhead on: the client will ask for
+// them next, a few at a time (containerd: 3), and a rollout keeps the
+// uplink and the swarm busy with every layer at once instead of waiting for
+// the client's next request.
+func (n *Node) readAhead(ctx context.Context, name Name, m Manifest) {
+	if !n.opts.ReadAhead || !n.meshed() || len(m.Body) == 0 {
+		return
+	}
+	var doc struct {
+		Config ocispec.Descriptor   `json:"config"`
+		Layers []ocispec.Descriptor `json:"layers"`
+	}
+	if json.Unmarshal(m.Body, &doc) != nil || doc.Config.Digest == "" || len(doc.Layers) > maxReadAhead {
+		return // an index, or not an image manifest
+	}
+	for _, desc := range append(doc.Layers, doc.Config) {
+		if blobstore.CheckDigest(desc.Digest) != nil {
+			continue
+		}
+		if _, err := n.store.Stat(ctx, desc.Digest); err == nil {
+			continue
+		}
+		n.join(ctx, name, desc.Digest)
+	}
 }
 
 // resolveTag asks upstream what tag points at (bounded by TagTimeout) and

@@ -71,6 +71,9 @@ type Options struct {
 	// SwarmWindow is how many pieces past the first missing one may be
 	// fetched at once (default 32: 32 MiB of memory per blob at most).
 	SwarmWindow int
+	// ReadAhead: in a fleet, reading an image manifest starts fetching its
+	// config and layers that the store lacks.
+	ReadAhead bool
 	// Throttle, if set, wraps every body the node downloads (the download
 	// rate cap).
 	Throttle func(ctx context.Context, r io.Reader) io.Reader

@@ -25,6 +25,7 @@ type MeshConfig struct {
 	FleetKey      string            `yaml:"fleet_key"`
 	Labels        map[string]string `yaml:"labels"`
 	LookupTimeout time.Duration     `yaml:"lookup_timeout"`
+	ReadAhead     bool              `yaml:"read_ahead"`
 }
 
 func defaultMesh() MeshConfig {
@@ -35,6 +36,7 @@ func defaultMesh() MeshConfig {
 		GossipListen:  "0.0.0.0:7946",
 		DataListen:    "0.0.0.0:5002",
 		LookupTimeout: 15 * time.Millisecond,
+		ReadAhead:     true,
 	}
 }
 
@@ -53,6 +55,7 @@ func (m *MeshConfig) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.FleetKey, "fleet-key", "", "fleet key file from `imgmesh keygen`: private network, encrypted gossip, authenticated data plane (env IMGMESH_FLEET_KEY)")
 	fs.StringToStringVar(&m.Labels, "label", nil, "KEY=VALUE label of this node, repeatable (env IMGMESH_LABELS, comma-separated)")
 	fs.DurationVar(&m.LookupTimeout, "lookup-timeout", d.LookupTimeout, "how long to ask the fleet who holds content before going upstream (env IMGMESH_LOOKUP_TIMEOUT)")
+	fs.BoolVar(&m.ReadAhead, "read-ahead", d.ReadAhead, "when a client reads an image manifest, start fetching its layers at once (env IMGMESH_READ_AHEAD)")
 }
 
 var meshFlagNames = map[string]func(dst, src *MeshConfig){
@@ -67,6 +70,7 @@ var meshFlagNames = map[string]func(dst, src *MeshConfig){
 	"fleet-key":      func(d, s *MeshConfig) { d.FleetKey = s.FleetKey },
 	"label":          func(d, s *MeshConfig) { d.Labels = s.Labels },
 	"lookup-timeout": func(d, s *MeshConfig) { d.LookupTimeout = s.LookupTimeout },
+	"read-ahead":     func(d, s *MeshConfig) { d.ReadAhead = s.ReadAhead },
 }
 
 func (m *MeshConfig) applyFlags(fs *pflag.FlagSet, set *MeshConfig) {
@@ -91,7 +95,7 @@ func (m *MeshConfig) applyEnv(lookupEnv func(string) (string, bool)) error {
 		}
 		return out
 	}
-	for key, dst := range map[string]*bool{"MESH": &m.Mesh, "MDNS": &m.MDNS} {
+	for key, dst := range map[string]*bool{"MESH": &m.Mesh, "MDNS": &m.MDNS, "READ_AHEAD": &m.ReadAhead} {
 		if v, ok := env(key); ok {
 			b, err := strconv.ParseBool(v)
 			if err != nil {

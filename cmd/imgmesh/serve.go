@@ -93,6 +93,7 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 		}
 		defer m.close()
 		opts.Router, opts.Peers, opts.LookupTimeout, opts.Members = m.host, m.peers, cfg.LookupTimeout, m
+		opts.ReadAhead = cfg.ReadAhead
 	}
 	if len(cfg.Upstreams) > 0 {
 		up, err := upstream.New(upstream.Options{
