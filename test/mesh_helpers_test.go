@@ -80,7 +80,7 @@ func startMeshNode(t *testing.T, name string, o meshOptions) *meshNode {
 // the first's gossip. They start together, then each is waited for.
 func startFleet(t *testing.T, n int, o meshOptions) []*meshNode {
 	t.Helper()
-	seed := launchMeshNode(t, "node1", o)
+	seed := launchSeed(t, o)
 	nodes := []*meshNode{seed}
 	o.join = append(slices.Clone(o.join), seed.gossip)
 	for i := 2; i <= n; i++ {
@@ -91,6 +91,32 @@ func startFleet(t *testing.T, n int, o meshOptions) []*meshNode {
 		m.waitReady(t)
 	}
 	return nodes
+}
+
+// launchSeed starts the node the others join and waits until it is ready.
+// freePort cannot reserve a port: under parallel tests another process may
+// bind it first, and the node then exits; try again on new ports.
+func launchSeed(t *testing.T, o meshOptions) *meshNode {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		n := launchMeshNode(t, "node1", o)
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) && !n.proc.exited() {
+			if resp, err := n.client.Get(n.url("/readyz")); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return n
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !n.proc.exited() || attempt == 3 || !strings.Contains(n.proc.log(t), "address already in use") {
+			n.waitReady(t) // fails the test with the node's log
+			return n
+		}
+		n.killed.Store(true) // it exited: its cleanup need not expect a clean stop
+		t.Logf("node1 lost its port to another process (attempt %d); starting it again", attempt)
+	}
 }
 
 // stopTogether sends SIGTERM to every node at once when the test ends (a

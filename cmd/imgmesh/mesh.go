@@ -73,7 +73,10 @@ func startMesh(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus
 		},
 	})
 	if err != nil {
-		if len(cfg.Join) > 0 {
+		// Degrade only when the default port is taken (Docker Swarm also
+		// uses 7946); an address the user chose, or fleet members to join,
+		// must work.
+		if len(cfg.Join) > 0 || cfg.GossipListen != defaultMesh().GossipListen {
 			return nil, fmt.Errorf("gossip: %w", err)
 		}
 		log.Warn("gossip membership not started; peers are found by mDNS and the DHT only", "err", err)
