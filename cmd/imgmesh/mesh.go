@@ -40,9 +40,10 @@ type mesh struct {
 // node announces from exists.
 func startMesh(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer, ch discovery.Channel) (m *mesh, err error) {
 	m = &mesh{log: log}
+	started := m // the error returns below set m to nil
 	defer func() {
 		if err != nil {
-			m.close()
+			started.close()
 		}
 	}()
 	if cfg.FleetKey != "" {
