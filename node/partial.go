@@ -30,6 +30,11 @@ var _ dataplane.Swarm = (*Node)(nil)
 // more than after of them).
 func (n *Node) Pieces(ctx context.Context, d digest.Digest, from, after int, wait time.Duration) (piece.State, error) {
 	if dl := n.inflight(d); dl != nil && dl.sw != nil {
+		if _, ok := dl.sw.state(from); !ok && after < 0 && !dl.sw.finished() {
+			// A first poll of a download whose size is not known yet: "not
+			// yet", at once; members ask again and stay responsive.
+			return piece.State{}, fmt.Errorf("%s: %w", d, blobstore.ErrNotFound)
+		}
 		deadline := time.Now().Add(wait)
 		for {
 			st, ok := dl.sw.state(from)

@@ -31,9 +31,6 @@ const (
 	maxStrikes = 3
 	// notHeldRetry spaces asking a member that does not have the blob yet.
 	notHeldRetry = 250 * time.Millisecond
-	// firstAnswerWait bounds waiting for the members' first answers before
-	// a miss asks the fleet's fetcher.
-	firstAnswerWait = 300 * time.Millisecond
 )
 
 // peerSrc is one fleet member the swarm takes pieces from.
@@ -44,6 +41,7 @@ type peerSrc struct {
 	member   bool
 	answered chan struct{} // closed at its first answer
 	kick     chan struct{} // wakes a poll waiting after "not held"
+	failing  bool          // its last poll failed (under mu)
 	once     sync.Once
 
 	mu       sync.Mutex
@@ -102,15 +100,17 @@ func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer,
 	defer cancel()
 	dl.setRun(r)
 
+	// Ask the members and the DHT at once, within one lookup budget.
+	budget := time.Now().Add(n.opts.LookupTimeout)
+	asked := r.askMembers(ctx)
 	found := false
 	for _, h := range n.holders(ctx, dl.d.String(), swarmHolders) {
 		found = r.addSource(ctx, h.ID, h.DataURL, false) || found
 	}
-	asked := r.askMembers(ctx)
 	switch {
 	case r.sw.isOrigin():
 		r.ensureUpstream(ctx)
-	case !found && !r.firstAnswers(ctx, asked):
+	case !found && !r.firstAnswers(ctx, asked, budget):
 		r.chooseFetcher(ctx) // nobody in the fleet has a piece of it yet
 	}
 	r.wg.Add(1)
@@ -224,7 +224,7 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		r.mu.Lock()
 		skip := r.failed[m.ID] || m.DataURL == ""
 		r.mu.Unlock()
-		if skip || r.n.bad.has(r.dl.d, m.ID) {
+		if skip || r.n.bad.has(r.dl.d, m.ID) || !r.responsive(m.ID) {
 			continue
 		}
 		fctx, cancel := context.WithTimeout(ctx, r.n.opts.UpstreamHedgeDelay+time.Second)
@@ -301,11 +301,10 @@ func (r *swarmRun) askMembers(ctx context.Context) []*peerSrc {
 	return asked
 }
 
-// firstAnswers waits (within the lookup budget, at least firstAnswerWait)
-// until every asked member answered once, and reports whether someone in
-// the fleet has the blob.
-func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc) bool {
-	t := time.NewTimer(max(r.n.opts.LookupTimeout, firstAnswerWait))
+// firstAnswers waits until every asked member answered once, or the
+// lookup budget ends, and reports whether someone in the fleet has the blob.
+func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc, budget time.Time) bool {
+	t := time.NewTimer(time.Until(budget))
 	defer t.Stop()
 	for _, src := range asked {
 		select {
@@ -317,6 +316,26 @@ func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc) bool {
 		}
 	}
 	return r.sw.knownSize() >= 0
+}
+
+// responsive reports whether member id answered a poll, if it was asked:
+// a member that did not answer within the budget (stopped, overloaded) is
+// not asked to fetch for the fleet.
+func (r *swarmRun) responsive(id string) bool {
+	r.mu.Lock()
+	src := r.srcs[id]
+	r.mu.Unlock()
+	if src == nil {
+		return true
+	}
+	select {
+	case <-src.answered:
+		src.mu.Lock()
+		defer src.mu.Unlock()
+		return !src.gone && !src.failing
+	default:
+		return false
+	}
 }
 
 // wake makes a member's poll ask again now (it was just asked to fetch).
@@ -453,7 +472,14 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 			case <-src.kick:
 			case <-time.After(notHeldRetry):
 			}
+			last = time.Time{} // it had nothing: ask again at once
 			continue
+		}
+		src.mu.Lock()
+		src.failing = err != nil && !errors.Is(err, errBusyPeer) && !errors.Is(err, errNotHeld)
+		src.mu.Unlock()
+		if err != nil {
+			src.answer() // an error is an answer too: a dead member costs no wait
 		}
 		if errors.Is(err, errBusyPeer) || (err != nil && !errors.Is(err, errNotHeld) && strikes < maxStrikes-1) {
 			// Busy, or a hiccup (a slow dial on a loaded host): ask again.
