@@ -79,6 +79,7 @@ type swarmRun struct {
 	errs       []sourceErr
 	announced  bool
 	lastChoose time.Time
+	grew       time.Time // when a source last reported more pieces
 
 	// ctx is the download's: a fleet member's request to fetch from
 	// upstream starts the upstream fetcher under it.
@@ -169,12 +170,20 @@ func (r *swarmRun) stuck(ctx context.Context) error {
 		}
 		return nil
 	}
-	// Nobody holds what we lack and no piece came for a while: the fetcher
+	// Nobody holds what we lack, no piece came for a while, and no source
+	// gained a piece either (a slow fetcher still adds pieces): the fetcher
 	// may be gone. Rank again and ask (or become) the next one.
-	if !upRunning && idle > r.n.opts.StallTimeout && !r.available() && r.canChoose() {
+	if !upRunning && idle > r.n.opts.StallTimeout && r.sinceGrowth() > r.n.opts.StallTimeout &&
+		!r.available() && r.canChoose() {
 		r.chooseFetcher(ctx)
 	}
 	return nil
+}
+
+func (r *swarmRun) sinceGrowth() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return time.Since(r.grew)
 }
 
 func (r *swarmRun) canChoose() bool {
@@ -521,6 +530,11 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 				r.wg.Add(1)
 				go r.work(ctx, src)
 			}
+		}
+		if st.Have.Len() > after && after >= 0 {
+			r.mu.Lock()
+			r.grew = time.Now()
+			r.mu.Unlock()
 		}
 		r.sw.poke()
 		after = st.Have.Len()

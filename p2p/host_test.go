@@ -281,7 +281,24 @@ func TestBootstrapRetriesUntilPeerIsUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	late := newHost(t, p2p.Options{Bootstrap: addrs})
-	seed = newHost(t, p2p.Options{IdentityPath: path, ListenAddrs: listen})
+	// The port was free a moment ago; under parallel tests another socket
+	// may hold it briefly: try again for a while before giving up.
+	var restartErr error
+	for range 40 {
+		h, err := p2p.New(context.Background(), p2p.Options{IdentityPath: path, ListenAddrs: listen, Logger: testLogger(t)})
+		if restartErr = err; err == nil {
+			seed = h
+			t.Cleanup(func() { _ = h.Close() })
+			break
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if restartErr != nil {
+		t.Fatalf("restart the seed on port %d: %v", port, restartErr)
+	}
 	k := routertest.Key()
 	if err := seed.Advertise(t.Context(), k); err != nil {
 		t.Fatal(err)
