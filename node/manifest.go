@@ -31,7 +31,11 @@ func (n *Node) Manifest(ctx context.Context, name Name, ref string, head bool) (
 			return Manifest{}, err
 		}
 	}
+	// Eviction spares the manifest while it is fetched, stored and read
+	// back for this request.
+	n.readers.add(d)
 	m, err := n.manifestByDigest(ctx, name, d)
+	n.readers.done(d)
 	if err == nil && !head {
 		n.readAhead(ctx, name, m)
 	}
