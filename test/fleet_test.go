@@ -34,7 +34,11 @@ func TestFleetOfFive(t *testing.T) {
 	ns := up.Host()
 
 	start := time.Now()
-	nodes := startFleet(t, 5, meshOptions{upstream: []string{"--upstream", ns + "=" + up.URL(), "--restrict-upstreams"}})
+	// See TestSwarmColdRollout for the lookup budget.
+	nodes := startFleet(t, 5, meshOptions{
+		upstream: []string{"--upstream", ns + "=" + up.URL(), "--restrict-upstreams"},
+		extra:    []string{"--lookup-timeout", "3s"},
+	})
 	waitFleetSize(ctx, t, nodes, 5, 60*time.Second)
 	t.Logf("fleet of 5 formed in %s", time.Since(start).Round(time.Millisecond))
 	for _, n := range nodes {

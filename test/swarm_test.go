@@ -23,8 +23,14 @@ func TestSwarmColdRollout(t *testing.T) {
 	blobs := layerBytes(t, img)
 	ns := up.Host()
 
+	// A lookup budget that a member's first answer meets even on two cores
+	// busy with the race detector and parallel tests: a member that does not
+	// answer within it is not asked to fetch, and another would be.
 	const size = 6
-	nodes := startFleet(t, size, meshOptions{upstream: []string{"--upstream", ns + "=" + up.URL(), "--restrict-upstreams"}})
+	nodes := startFleet(t, size, meshOptions{
+		upstream: []string{"--upstream", ns + "=" + up.URL(), "--restrict-upstreams"},
+		extra:    []string{"--lookup-timeout", "3s"},
+	})
 	waitFleetSize(ctx, t, nodes, size, 60*time.Second)
 	before := up.proxy.Stats()
 
