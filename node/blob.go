@@ -78,6 +78,12 @@ func (n *Node) inflight(d digest.Digest) *download {
 // when the blob is (now) in the store. onDisk: the download was already
 // running and had verified every byte when this reader came.
 func (n *Node) join(ctx context.Context, name Name, d digest.Digest) (dl *download, onDisk bool) {
+	return n.joinAs(ctx, name, d, false)
+}
+
+// joinAs is join; origin: a new download fetches from upstream from the
+// start (the fleet asked this node to).
+func (n *Node) joinAs(ctx context.Context, name Name, d digest.Digest, origin bool) (dl *download, onDisk bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if dl := n.downloads[d]; dl != nil {
@@ -93,6 +99,7 @@ func (n *Node) join(ctx context.Context, name Name, d digest.Digest) (dl *downlo
 	dl.addKey(n.Key(name))
 	if n.meshed() {
 		dl.sw = newSwarm(d, n.opts.SwarmWindow)
+		dl.sw.origin = origin
 	}
 	if n.closed {
 		cancel()

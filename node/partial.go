@@ -124,7 +124,7 @@ func (n *Node) Fetch(ctx context.Context, d digest.Digest, ns, repo string) erro
 	if !n.mirrors(name) {
 		return fmt.Errorf("no upstream for %q: %w", ns, blobstore.ErrNotFound)
 	}
-	dl, _ := n.join(ctx, name, d)
+	dl, _ := n.joinAs(ctx, name, d, true)
 	if dl == nil {
 		return nil // committed meanwhile
 	}

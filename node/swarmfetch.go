@@ -207,6 +207,10 @@ func (r *swarmRun) cause() error {
 // that answers to fetch it from upstream (this node, when it ranks first).
 // It returns the chosen member's ID, or "" if none could.
 func (r *swarmRun) chooseFetcher(ctx context.Context) string {
+	if r.sw.isOrigin() {
+		r.ensureUpstream(ctx) // the fleet asked this node: it never hands the blob on
+		return "self"
+	}
 	r.mu.Lock()
 	r.lastChoose = time.Now()
 	r.mu.Unlock()
