@@ -134,9 +134,21 @@ func (n *Node) Fetch(ctx context.Context, d digest.Digest, ns, repo string) erro
 			r.ensureUpstream(r.ctx)
 		}
 	}
-	_, _, err := dl.waitSize(ctx)
+	// Answer once the upstream said the size (or failed), but not later
+	// than fetchAnswerWait: a slow upstream must not make the asking member
+	// give up and ask another (two fetchers); it learns the rest by polling.
+	wctx, cancel := context.WithTimeout(ctx, fetchAnswerWait)
+	defer cancel()
+	_, _, err := dl.waitSize(wctx)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil
+	}
 	return err
 }
+
+// fetchAnswerWait bounds how long a fetch for the fleet waits for the
+// upstream's first answer before it answers "started".
+const fetchAnswerWait = 500 * time.Millisecond
 
 // hashCache keeps the piece hashes of a few stored blobs: computing them
 // reads the whole blob.
