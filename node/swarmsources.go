@@ -1,0 +1,407 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/imgmesh/imgmesh/internal/piece"
+)
+
+// The swarm's sources: fleet members and holders whose piece maps a
+// download polls, and the workers that ask each of them for pieces.
+
+// peerSrc is one fleet member the swarm takes pieces from.
+type peerSrc struct {
+	id, url string
+	// member: a fleet member asked whether it has the blob at all; "not
+	// held" means not yet, and it is asked again.
+	member   bool
+	answered chan struct{} // closed at its first answer
+	kick     chan struct{} // wakes a poll waiting after "not held"
+	failing  bool          // its last poll failed (under mu)
+	once     sync.Once
+
+	mu       sync.Mutex
+	have     piece.Set
+	complete bool
+	pending  map[int]bool // pieces asked of this source
+	gone     bool
+	workers  bool
+}
+
+func (p *peerSrc) answer() { p.once.Do(func() { close(p.answered) }) }
+
+func (p *peerSrc) holds(i int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.gone && p.have.Has(i)
+}
+
+// addSource starts polling a holder's piece state (and asking it for
+// pieces once it has some), unless it is known or failed us. member: the
+// node is asked because it is in the fleet, not because it announced the
+// blob. It reports whether the source is new.
+func (r *swarmRun) addSource(ctx context.Context, id, url string, member bool) bool {
+	if url == "" || r.n.bad.has(r.dl.d, id) {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if src := r.srcs[id]; (src != nil && !src.isGone()) || r.failed[id] {
+		return false
+	}
+	src := &peerSrc{id: id, url: url, member: member, answered: make(chan struct{}), kick: make(chan struct{}, 1), pending: map[int]bool{}}
+	r.srcs[id] = src
+	r.wg.Add(1)
+	go r.poll(ctx, src)
+	return true
+}
+
+// askMembers polls every live fleet member for the blob: in a plant-sized
+// fleet, asking everyone finds partial holders at once, where a DHT lookup
+// is bounded by its budget and sees only announced holders.
+func (r *swarmRun) askMembers(ctx context.Context) []*peerSrc {
+	if r.n.members == nil {
+		return nil
+	}
+	var asked []*peerSrc
+	for _, m := range r.n.members.Members() {
+		if m.Self || m.DataURL == "" {
+			continue
+		}
+		if r.addSource(ctx, m.ID, m.DataURL, true) {
+			r.mu.Lock()
+			asked = append(asked, r.srcs[m.ID])
+			r.mu.Unlock()
+		}
+	}
+	return asked
+}
+
+// firstAnswers waits until every asked member answered once, or the
+// lookup budget ends, and reports whether someone in the fleet has the blob.
+func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc, budget time.Time) bool {
+	t := time.NewTimer(time.Until(budget))
+	defer t.Stop()
+	for _, src := range asked {
+		select {
+		case <-src.answered:
+		case <-t.C:
+			return r.sw.knownSize() >= 0
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return r.sw.knownSize() >= 0
+}
+
+// responsive reports whether member id answered a poll, if it was asked:
+// a member that did not answer within the budget (stopped, overloaded) is
+// not asked to fetch for the fleet.
+func (r *swarmRun) responsive(id string) bool {
+	r.mu.Lock()
+	src := r.srcs[id]
+	r.mu.Unlock()
+	if src == nil {
+		return true
+	}
+	select {
+	case <-src.answered:
+		src.mu.Lock()
+		defer src.mu.Unlock()
+		return !src.gone && !src.failing
+	default:
+		return false
+	}
+}
+
+// wake makes a member's poll ask again now (it was just asked to fetch).
+func (r *swarmRun) wake(id string) {
+	r.mu.Lock()
+	src := r.srcs[id]
+	r.mu.Unlock()
+	if src != nil {
+		select {
+		case src.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *swarmRun) sourceCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.srcs {
+		if !s.isGone() {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *swarmRun) live() []*peerSrc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*peerSrc, 0, len(r.srcs))
+	for _, s := range r.srcs {
+		out = append(out, s)
+	}
+	return out
+}
+
+// rarity counts the live sources holding piece i.
+func (r *swarmRun) rarity(i int) int {
+	n := 0
+	for _, s := range r.live() {
+		if s.holds(i) {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *swarmRun) heldElsewhere(i int) bool { return r.rarity(i) > 0 }
+
+// available reports whether some live source holds a piece we lack.
+func (r *swarmRun) available() bool {
+	r.sw.mu.Lock()
+	var lack []int
+	for i := r.sw.frontier; i < r.sw.count; i++ {
+		if !r.sw.have.Has(i) {
+			lack = append(lack, i)
+		}
+	}
+	r.sw.mu.Unlock()
+	for _, i := range lack {
+		if r.heldElsewhere(i) {
+			return true
+		}
+	}
+	return false
+}
+
+// drop stops using a source.
+func (r *swarmRun) drop(src *peerSrc, err error) {
+	src.mu.Lock()
+	already := src.gone
+	src.gone = true
+	src.mu.Unlock()
+	if !already {
+		r.fail(src.id, "peer", err)
+		r.n.log.Debug("swarm source dropped", "digest", r.dl.d, "peer", src.id, "err", err)
+		r.sw.poke()
+	}
+}
+
+func (r *swarmRun) fail(id, kind string, err error) {
+	r.mu.Lock()
+	r.failed[id] = true
+	r.errs = append(r.errs, sourceErr{-1, kind, fmt.Errorf("%s: %w", id, err)})
+	r.mu.Unlock()
+	r.n.m.fetches.WithLabelValues(kind, "error").Inc()
+}
+
+// poll long-polls a source's piece state and keeps its workers going.
+func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
+	defer r.wg.Done()
+	defer src.answer()
+	after, strikes := -1, 0
+	var last time.Time
+	for ctx.Err() == nil && !r.sw.complete() {
+		// A growing holder answers at each new piece: ask at most every
+		// pollEvery, so a poll brings a few pieces' news, not one.
+		if wait := pollEvery - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+			return
+		}
+		last = time.Now()
+		st, err := r.n.peers.Pieces(ctx, src.url, r.dl.d, r.sw.firstUnknown(), after, pollWait)
+		if src.member && errors.Is(err, errNotHeld) {
+			src.answer() // not yet: it may start the blob later
+			select {
+			case <-ctx.Done():
+				return
+			case <-src.kick:
+			case <-time.After(notHeldRetry):
+			}
+			last = time.Time{} // it had nothing: ask again at once
+			continue
+		}
+		src.mu.Lock()
+		src.failing = err != nil && !errors.Is(err, errBusyPeer) && !errors.Is(err, errNotHeld)
+		src.mu.Unlock()
+		if err != nil {
+			src.answer() // an error is an answer too: a dead member costs no wait
+		}
+		if errors.Is(err, errBusyPeer) || (err != nil && !errors.Is(err, errNotHeld) && strikes < maxStrikes-1) {
+			// Busy, or a hiccup (a slow dial on a loaded host): ask again.
+			if !errors.Is(err, errBusyPeer) {
+				strikes++
+			}
+			if !sleep(ctx, 50*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		if err == nil {
+			strikes = 0
+			if err = r.sw.setSize(st.Size); err == nil {
+				err = r.sw.learn(st.From, st.Hashes)
+			}
+			if err != nil {
+				r.n.bad.add(r.dl.d, []string{src.id}) // it lied about the blob
+			}
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				r.drop(src, err)
+			}
+			return
+		}
+		src.answer()
+		src.mu.Lock()
+		src.have, src.complete = st.Have, st.Complete
+		start := !src.workers && st.Have.Len() > 0
+		src.workers = src.workers || start
+		gone := src.gone
+		src.mu.Unlock()
+		if gone {
+			return
+		}
+		if start {
+			for range requestsPerSource {
+				r.wg.Add(1)
+				go r.work(ctx, src)
+			}
+		}
+		if st.Have.Len() > after && after >= 0 {
+			r.mu.Lock()
+			r.grew = time.Now()
+			r.mu.Unlock()
+		}
+		r.sw.poke()
+		after = st.Have.Len()
+		if st.Complete {
+			if r.sw.firstUnknown() >= r.sw.pieceCount() {
+				return // it has everything and we know every hash: nothing more to learn
+			}
+			// Its hashes are still being computed: ask again shortly.
+			if !sleep(ctx, 50*time.Millisecond) {
+				return
+			}
+		}
+	}
+}
+
+// work asks one source for pieces, one at a time.
+func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
+	defer r.wg.Done()
+	busy, strikes := 0, 0
+	for ctx.Err() == nil && !r.sw.complete() {
+		src.mu.Lock()
+		gone, has := src.gone, src.have
+		src.mu.Unlock()
+		if gone {
+			return
+		}
+		i := r.sw.claim(has, src.isPending, r.rarity)
+		if i < 0 {
+			r.sw.wait(ctx, 200*time.Millisecond)
+			continue
+		}
+		src.setPending(i, true)
+		data, err := r.fetchPiece(ctx, src, i)
+		src.setPending(i, false)
+		if errors.Is(err, errBusyPeer) {
+			r.sw.release(i)
+			busy++
+			// Its upload slots are taken: other workers ask other sources;
+			// this one backs off (20 ms doubling to 320 ms, jittered) rather
+			// than flood a busy peer with requests it must refuse.
+			backoff := 20 * time.Millisecond << min(busy-1, 4)
+			if !sleep(ctx, backoff/2+rand.N(backoff/2)) {
+				return
+			}
+			continue
+		}
+		busy = 0
+		if err != nil {
+			r.sw.release(i)
+			if ctx.Err() != nil {
+				return
+			}
+			// A piece can fail once in a race with the holder's commit or a
+			// busy socket; a source that keeps failing is gone.
+			if strikes++; strikes >= maxStrikes {
+				r.drop(src, err)
+				return
+			}
+			if !sleep(ctx, 20*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		strikes = 0
+		fresh, err := r.sw.deliver(i, *data, false)
+		if err != nil {
+			piecePool.Put(data)
+			r.n.bad.add(r.dl.d, []string{src.id}) // the next fetch skips it too
+			r.drop(src, err)
+			return
+		}
+		if fresh {
+			r.gotPiece("peer", src.id, len(*data))
+		} else {
+			piecePool.Put(data)
+		}
+	}
+}
+
+func (p *peerSrc) isGone() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gone
+}
+
+func (p *peerSrc) isPending(i int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pending[i]
+}
+
+func (p *peerSrc) setPending(i int, on bool) {
+	p.mu.Lock()
+	if on {
+		p.pending[i] = true
+	} else {
+		delete(p.pending, i)
+	}
+	p.mu.Unlock()
+}
+
+// fetchPiece reads piece i from a source into a pooled buffer.
+func (r *swarmRun) fetchPiece(ctx context.Context, src *peerSrc, i int) (*[]byte, error) {
+	off, end := piece.Bounds(i, r.sw.knownSize())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	body, err := r.n.peers.Range(ctx, src.url, r.dl.d, off, end)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	buf := piecePool.Get().(*[]byte)
+	data := (*buf)[:end-off]
+	idle := idleReader(body, r.n.opts.IdleTimeout, cancel)
+	defer idle.stop()
+	if _, err := io.ReadFull(r.n.throttled(ctx, idle), data); err != nil {
+		piecePool.Put(buf)
+		return nil, err
+	}
+	out := data
+	return &out, nil
+}
