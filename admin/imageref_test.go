@@ -45,7 +45,7 @@ func TestParseImageRef(t *testing.T) {
 				t.Fatalf("ParseImageRef(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
 			}
 			if tc.keys != nil {
-				if keys := got.keys("docker.io"); !slices.Equal(keys, tc.keys) {
+				if keys := keys(got, "docker.io"); !slices.Equal(keys, tc.keys) {
 					t.Errorf("keys = %q; want %q", keys, tc.keys)
 				}
 			}

@@ -192,7 +192,7 @@ func (h *imagesAPI) resolve(ctx context.Context, raw string) (resolved, error) {
 	if err != nil {
 		return resolved{}, badRequest("NAME_INVALID", "%v", err)
 	}
-	for _, key := range ref.keys(h.o.DefaultRegistry) {
+	for _, key := range keys(ref, h.o.DefaultRegistry) {
 		if ref.Digest != "" {
 			if _, err := h.o.Store.GetManifest(ctx, key, ref.Digest); err == nil {
 				return resolved{ref, raw, key, ref.Digest}, nil

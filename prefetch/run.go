@@ -141,7 +141,7 @@ func (m *Manager) pullOne(ctx context.Context, rt Runtime, o Order, s string, pl
 	if err != nil {
 		return "", 0, err
 	}
-	name, reference := ref.target(rt.DefaultRegistry)
+	name, reference := target(ref, rt.DefaultRegistry)
 	var size int64
 	d, err := rt.Puller.PullImage(ctx, name, reference, node.PullOptions{
 		Platforms: platforms,

@@ -191,7 +191,7 @@ func TestParseRef(t *testing.T) {
 			if err != nil || got != tt.want {
 				t.Fatalf("ParseRef(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
 			}
-			name, ref := got.target("docker.io")
+			name, ref := target(got, "docker.io")
 			if name != tt.target || ref != tt.ref {
 				t.Fatalf("target = %+v %q, want %+v %q", name, ref, tt.target, tt.ref)
 			}
