@@ -45,9 +45,14 @@ func BenchmarkPeerPull(b *testing.B) {
 	if _, err := w.Commit(ctx, size, d); err != nil {
 		b.Fatal(err)
 	}
-	planeA := httptest.NewServer(dataplane.NewServer(dataplane.ServerOptions{Store: storeA}))
+	// A is a node too: its data plane answers piece-state polls.
+	var handlerA http.Handler
+	planeA := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handlerA.ServeHTTP(w, r) }))
 	defer planeA.Close()
 	routerA := mesh.NewRouter("a", planeA.URL)
+	na := node.New(node.Options{Store: storeA, Router: routerA, Peers: dataplane.NewClient(dataplane.ClientOptions{})})
+	defer na.Close()
+	handlerA = dataplane.NewServer(dataplane.ServerOptions{Store: storeA, Swarm: na})
 	if err := routerA.Advertise(ctx, d.String()); err != nil {
 		b.Fatal(err)
 	}
@@ -72,7 +77,7 @@ func BenchmarkPeerPull(b *testing.B) {
 		n, err := io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		if err != nil || n != size {
-			b.Fatalf("read %d of %d: %v", n, size, err)
+			b.Fatalf("read %d of %d: %v (status %s)", n, size, err, resp.Status)
 		}
 		b.StopTimer()
 		api.Close()

@@ -225,11 +225,17 @@ func (s *swarm) written() {
 	s.mu.Unlock()
 }
 
-// wait blocks until the state changes, ctx ends or d passed.
-func (s *swarm) wait(ctx context.Context, d time.Duration) {
+// changes returns a channel closed at the next change of the state. Take it
+// before looking at the state and wait on it after: a change in between
+// then wakes the waiter instead of being missed.
+func (s *swarm) changes() <-chan struct{} {
 	s.mu.Lock()
-	ch := s.changed
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// waitChange blocks until ch closes, ctx ends or d passed.
+func waitChange(ctx context.Context, ch <-chan struct{}, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

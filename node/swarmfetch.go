@@ -89,6 +89,7 @@ func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer,
 
 	sizeSet := false
 	for !r.sw.complete() {
+		changed := r.sw.changes()
 		if !sizeSet {
 			if size := r.sw.knownSize(); size >= 0 {
 				dl.setSize(size, r.firstKind())
@@ -108,7 +109,7 @@ func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer,
 		if err := r.stuck(ctx); err != nil {
 			return err
 		}
-		r.sw.wait(ctx, 250*time.Millisecond)
+		waitChange(ctx, changed, 250*time.Millisecond)
 	}
 	r.mu.Lock()
 	used := append([]string(nil), r.used...)

@@ -309,9 +309,10 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 		if gone {
 			return
 		}
+		changed := r.sw.changes()
 		i := r.sw.claim(has, src.isPending, r.rarity)
 		if i < 0 {
-			r.sw.wait(ctx, 200*time.Millisecond)
+			waitChange(ctx, changed, 200*time.Millisecond)
 			continue
 		}
 		src.setPending(i, true)

@@ -48,9 +48,10 @@ func (r *swarmRun) fromUpstream(ctx context.Context) {
 	}
 	for ctx.Err() == nil && !r.sw.complete() {
 		i := 0
+		changed := r.sw.changes()
 		if r.sw.knownSize() >= 0 {
 			if i = r.sw.claimUpstream(0, r.heldElsewhere); i < 0 {
-				r.sw.wait(ctx, 200*time.Millisecond)
+				waitChange(ctx, changed, 200*time.Millisecond)
 				continue
 			}
 		}
