@@ -93,7 +93,8 @@ type Node struct {
 
 	announcer *announcer // nil when not in a fleet
 	bad       *badHolders
-	hashes    hashCache // piece hashes of stored blobs peers asked for
+	quiet     quietMembers // members that did not answer a recent miss in time
+	hashes    hashCache    // piece hashes of stored blobs peers asked for
 
 	readers readers // open readers of downloads (busy.go)
 

@@ -28,6 +28,11 @@ const (
 	maxStrikes = 3
 	// notHeldRetry spaces asking a member that does not have the blob yet.
 	notHeldRetry = 250 * time.Millisecond
+	// fetcherWait is how long from a download's start a member that ranks
+	// before this node has to answer its first poll before it is passed
+	// over as the fleet's fetcher: long enough for a loaded member in a
+	// rollout, and paid once per frozen member (it is then quiet).
+	fetcherWait = time.Second
 )
 
 // swarmRun is one download in a fleet: pieces from every holder at once,
@@ -49,6 +54,7 @@ type swarmRun struct {
 	errs       []sourceErr
 	announced  bool
 	lastChoose time.Time
+	start      time.Time // when the download started
 	grew       time.Time // when a source last reported more pieces
 
 	// ctx is the download's: a fleet member's request to fetch from
@@ -66,17 +72,30 @@ var piecePool = sync.Pool{New: func() any { b := make([]byte, piece.Size); retur
 func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer, name Name) error {
 	ctx, cancel := context.WithCancel(ctx)
 	r := &swarmRun{n: n, dl: dl, sw: dl.sw, name: name, srcs: map[string]*peerSrc{}, failed: map[string]bool{},
-		what: fmt.Sprintf("blob %s@%s", name.Repo, dl.d), ctx: ctx}
+		what: fmt.Sprintf("blob %s@%s", name.Repo, dl.d), ctx: ctx, start: time.Now()}
 	defer r.wg.Wait()
 	defer cancel()
 	dl.setRun(r)
 
-	// Ask the members and the DHT at once, within one lookup budget.
+	// Ask the members and the DHT at once, within one lookup budget. In a
+	// fleet the members' answers decide; the DHT's holders join as sources
+	// whenever its lookup ends (a lookup waits out its budget on a frozen
+	// peer, so a miss does not wait for it when the members answered).
 	budget := time.Now().Add(n.opts.LookupTimeout)
 	asked := r.askMembers(ctx)
+	looked := make(chan bool, 1)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		found := false
+		for _, h := range n.holders(ctx, dl.d.String(), swarmHolders) {
+			found = r.addSource(ctx, h.ID, h.DataURL, false) || found
+		}
+		looked <- found
+	}()
 	found := false
-	for _, h := range n.holders(ctx, dl.d.String(), swarmHolders) {
-		found = r.addSource(ctx, h.ID, h.DataURL, false) || found
+	if len(asked) == 0 { // no fleet list, or nobody else on it: the DHT decides
+		found = <-looked
 	}
 	switch {
 	case r.sw.isOrigin():
@@ -195,6 +214,12 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 			ns = reg.Name
 		}
 	}
+	// Before anyone fetches from upstream for the fleet, every member that
+	// is not known to be quiet has its say: a loaded holder answers late.
+	wait := r.start.Add(max(fetcherWait, r.n.opts.LookupTimeout))
+	if r.heldInFleet(ctx, wait) {
+		return "fleet"
+	}
 	for _, m := range rank(r.dl.d, members) {
 		r.n.log.Debug("swarm: choose fetcher", "digest", r.dl.d, "member", m.ID, "self", m.Self)
 		if m.Self {
@@ -208,7 +233,7 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		r.mu.Lock()
 		skip := r.failed[m.ID] || m.DataURL == ""
 		r.mu.Unlock()
-		if skip || r.n.bad.has(r.dl.d, m.ID) || !r.responsive(m.ID) {
+		if skip || r.n.bad.has(r.dl.d, m.ID) || r.n.quiet.has(m.ID) || !r.responsive(ctx, m.ID, wait) {
 			continue
 		}
 		fctx, cancel := context.WithTimeout(ctx, r.n.opts.UpstreamHedgeDelay+time.Second)

@@ -85,10 +85,14 @@ func (r *swarmRun) askMembers(ctx context.Context) []*peerSrc {
 
 // firstAnswers waits until every asked member answered once, or the
 // lookup budget ends, and reports whether someone in the fleet has the blob.
+// Members that stayed quiet through a recent fetcher wait are not waited for.
 func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc, budget time.Time) bool {
 	t := time.NewTimer(time.Until(budget))
 	defer t.Stop()
 	for _, src := range asked {
+		if r.n.quiet.has(src.id) {
+			continue
+		}
 		select {
 		case <-src.answered:
 		case <-t.C:
@@ -100,22 +104,60 @@ func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc, budget ti
 	return r.sw.knownSize() >= 0
 }
 
-// responsive reports whether member id answered a poll, if it was asked:
-// a member that did not answer within the budget (stopped, overloaded) is
-// not asked to fetch for the fleet.
-func (r *swarmRun) responsive(id string) bool {
+// heldInFleet waits, until deadline, for the first answer of every member
+// asked that is not known to be quiet, and reports whether a live source
+// has pieces this node lacks: before this node fetches from upstream for the fleet,
+// a loaded holder that answered late has its say.
+func (r *swarmRun) heldInFleet(ctx context.Context, deadline time.Time) bool {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	expired := false
+	for _, src := range r.live() {
+		if !src.member || r.n.quiet.has(src.id) {
+			continue
+		}
+		if !expired {
+			select {
+			case <-src.answered:
+				continue
+			case <-t.C:
+				expired = true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		select {
+		case <-src.answered:
+		default:
+			r.n.quiet.mark(src.id)
+		}
+	}
+	return r.available()
+}
+
+// responsive reports whether member id answered a poll, waiting for its
+// first answer until deadline: a member that has not answered by then
+// (stopped, frozen) is not asked to fetch for the fleet, and is remembered
+// as quiet so the next misses do not wait for it. A loaded member answers
+// late but within the wait, and so stays the fleet's one fetcher.
+func (r *swarmRun) responsive(ctx context.Context, id string, deadline time.Time) bool {
 	r.mu.Lock()
 	src := r.srcs[id]
 	r.mu.Unlock()
 	if src == nil {
 		return true
 	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
 	select {
 	case <-src.answered:
 		src.mu.Lock()
 		defer src.mu.Unlock()
 		return !src.gone && !src.failing
-	default:
+	case <-t.C:
+		r.n.quiet.mark(id)
+		return false
+	case <-ctx.Done():
 		return false
 	}
 }
@@ -221,6 +263,9 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 		}
 		last = time.Now()
 		st, err := r.n.peers.Pieces(ctx, src.url, r.dl.d, r.sw.firstUnknown(), after, pollWait)
+		if ctx.Err() == nil {
+			r.n.quiet.heard(src.id) // it answered, even if with an error
+		}
 		if src.member && errors.Is(err, errNotHeld) {
 			src.answer() // not yet: it may start the blob later
 			select {
