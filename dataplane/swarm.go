@@ -103,7 +103,9 @@ func (s *server) partial(w http.ResponseWriter, r *http.Request, d digest.Digest
 	if r.Method == http.MethodHead {
 		return true
 	}
-	buf := make([]byte, min(end-off, piece.Size))
+	pb := piece.Buffer()
+	defer piece.Release(pb)
+	buf := *pb
 	for off < end {
 		k, err := s.swarm.ReadAt(r.Context(), d, buf[:min(end-off, int64(len(buf)))], off)
 		if k > 0 {

@@ -63,8 +63,6 @@ type swarmRun struct {
 	wg  sync.WaitGroup
 }
 
-var piecePool = sync.Pool{New: func() any { b := make([]byte, piece.Size); return &b }}
-
 // fetchSwarm fetches dl's blob piece by piece from holders in the fleet
 // (complete or still downloading), and from upstream when this node is the
 // fleet's fetcher for it. Pieces are verified against their hashes before
@@ -121,8 +119,7 @@ func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer,
 			}
 			r.sw.written()
 			dl.advance(w.Size())
-			full := data[:cap(data)]
-			piecePool.Put(&full)
+			piece.Release(&data)
 			continue
 		}
 		if err := r.stuck(ctx); err != nil {
@@ -160,11 +157,12 @@ func (r *swarmRun) stuck(ctx context.Context) error {
 		}
 		return nil
 	}
-	// Nobody holds what we lack, no piece came for a while, and no source
-	// gained a piece either (a slow fetcher still adds pieces): the fetcher
-	// may be gone. Rank again and ask (or become) the next one.
+	// Nobody holds what we lack, no piece came for a while, no source
+	// gained a piece, and no source that fetches from upstream answered
+	// lately (a slow fetcher still answers): the fetcher is gone. Rank
+	// again and ask (or become) the next one.
 	if !upRunning && idle > r.n.opts.StallTimeout && r.sinceGrowth() > r.n.opts.StallTimeout &&
-		!r.available() && r.canChoose() {
+		!r.available() && r.fetcher() == "" && r.canChoose() {
 		r.chooseFetcher(ctx)
 	}
 	return nil
@@ -219,6 +217,9 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 	wait := r.start.Add(max(fetcherWait, r.n.opts.LookupTimeout))
 	if r.heldInFleet(ctx, wait) {
 		return "fleet"
+	}
+	if id := r.fetcher(); id != "" {
+		return id // a member fetches it already
 	}
 	for _, m := range rank(r.dl.d, members) {
 		r.n.log.Debug("swarm: choose fetcher", "digest", r.dl.d, "member", m.ID, "self", m.Self)

@@ -29,6 +29,8 @@ type peerSrc struct {
 	mu       sync.Mutex
 	have     piece.Set
 	complete bool
+	fetching bool         // it said it fetches from upstream for the fleet
+	heard    time.Time    // its last answer with the blob's state
 	pending  map[int]bool // pieces asked of this source
 	gone     bool
 	workers  bool
@@ -228,6 +230,21 @@ func (r *swarmRun) available() bool {
 	return false
 }
 
+// fetcher returns a source that fetches the blob from upstream and
+// answered within the stall timeout: the fleet has a fetcher at work, however
+// slow its uplink. "" if none.
+func (r *swarmRun) fetcher() string {
+	for _, s := range r.live() {
+		s.mu.Lock()
+		alive := !s.gone && s.fetching && time.Since(s.heard) < r.n.opts.StallTimeout
+		s.mu.Unlock()
+		if alive {
+			return s.id
+		}
+	}
+	return ""
+}
+
 // drop stops using a source.
 func (r *swarmRun) drop(src *peerSrc, err error) {
 	src.mu.Lock()
@@ -311,6 +328,7 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 		src.answer()
 		src.mu.Lock()
 		src.have, src.complete = st.Have, st.Complete
+		src.fetching, src.heard = st.Fetching, time.Now()
 		start := !src.workers && st.Have.Len() > 0
 		src.workers = src.workers || start
 		gone := src.gone
@@ -395,7 +413,7 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 		strikes = 0
 		fresh, err := r.sw.deliver(i, *data, false)
 		if err != nil {
-			piecePool.Put(data)
+			piece.Release(data)
 			r.n.bad.add(r.dl.d, []string{src.id}) // the next fetch skips it too
 			r.drop(src, err)
 			return
@@ -403,7 +421,7 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 		if fresh {
 			r.gotPiece("peer", src.id, len(*data))
 		} else {
-			piecePool.Put(data)
+			piece.Release(data)
 		}
 	}
 }
@@ -440,12 +458,12 @@ func (r *swarmRun) fetchPiece(ctx context.Context, src *peerSrc, i int) (*[]byte
 		return nil, err
 	}
 	defer body.Close()
-	buf := piecePool.Get().(*[]byte)
+	buf := piece.Buffer()
 	data := (*buf)[:end-off]
 	idle := idleReader(body, r.n.opts.IdleTimeout, cancel)
 	defer idle.stop()
 	if _, err := io.ReadFull(r.n.throttled(ctx, idle), data); err != nil {
-		piecePool.Put(buf)
+		piece.Release(buf)
 		return nil, err
 	}
 	out := data

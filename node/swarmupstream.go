@@ -32,6 +32,8 @@ func (r *swarmRun) ensureUpstream(ctx context.Context) {
 // fetched is not fetched again after a takeover.
 func (r *swarmRun) fromUpstream(ctx context.Context) {
 	defer r.wg.Done()
+	r.sw.setFetching(true)
+	defer r.sw.setFetching(false)
 	attempts := 0
 	fail := func(err error) bool {
 		attempts++
@@ -106,10 +108,10 @@ func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
 	in := r.n.throttled(ctx, idle)
 	for {
 		start, end := piece.Bounds(i, total)
-		buf := piecePool.Get().(*[]byte)
+		buf := piece.Buffer()
 		data := (*buf)[:end-start]
 		if _, err := io.ReadFull(in, data); err != nil {
-			piecePool.Put(buf)
+			piece.Release(buf)
 			r.sw.release(i)
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
@@ -118,13 +120,13 @@ func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
 		}
 		fresh, err := r.sw.deliver(i, data, true)
 		if err != nil { // a peer's hash for this piece disagrees with upstream's bytes
-			piecePool.Put(buf)
+			piece.Release(buf)
 			return err
 		}
 		if fresh {
 			r.gotPiece("upstream", "", len(data))
 		} else {
-			piecePool.Put(buf)
+			piece.Release(buf)
 		}
 		next := r.sw.claimUpstream(i+1, r.heldElsewhere)
 		if next != i+1 {

@@ -156,6 +156,9 @@ type State struct {
 	// complete blob.
 	From   int      `json:"from"`
 	Hashes []string `json:"hashes,omitempty"`
+	// Fetching: the holder is fetching the pieces nobody has from its
+	// upstream, for the fleet. A slow fetcher that answers is not replaced.
+	Fetching bool `json:"fetching,omitempty"`
 }
 
 // Check validates a state received from a peer.
