@@ -300,6 +300,12 @@ func (s *swarm) state(from int) (piece.State, bool) {
 		return piece.State{}, false
 	}
 	st := piece.State{Size: s.size, Have: s.have.Clone(), From: min(from, s.count), Fetching: s.fetching}
+	if len(s.inflight) > 0 {
+		st.Asked = piece.NewSet(s.count)
+		for i := range s.inflight {
+			st.Asked.Add(i)
+		}
+	}
 	for i := st.From; i < s.count; i++ {
 		h := ""
 		if s.known.Has(i) {

@@ -252,17 +252,25 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 	return ""
 }
 
-// discover looks for new holders while the blob swarms: nodes that started
-// downloading after us announce their first pieces.
+// discover looks for new holders while the blob swarms: members that
+// joined the fleet since, and nodes the DHT knows as holders. In a fleet
+// every member is polled already, so the DHT (a lookup costs every node it
+// asks some CPU) is asked only every tenth round.
 func (r *swarmRun) discover(ctx context.Context) {
 	defer r.wg.Done()
 	t := time.NewTicker(relookupEvery)
 	defer t.Stop()
-	for !r.sw.complete() {
+	for round := 1; !r.sw.complete(); round++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if r.n.members != nil {
+			r.askMembers(ctx)
+			if round%10 != 0 {
+				continue
+			}
 		}
 		for _, h := range r.n.holders(ctx, r.dl.d.String(), swarmHolders) {
 			r.addSource(ctx, h.ID, h.DataURL, false)

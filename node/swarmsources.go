@@ -29,6 +29,7 @@ type peerSrc struct {
 	mu       sync.Mutex
 	have     piece.Set
 	complete bool
+	asked    piece.Set    // pieces it is receiving now
 	fetching bool         // it said it fetches from upstream for the fleet
 	heard    time.Time    // its last answer with the blob's state
 	pending  map[int]bool // pieces asked of this source
@@ -199,18 +200,30 @@ func (r *swarmRun) live() []*peerSrc {
 	return out
 }
 
-// rarity counts the live sources holding piece i.
+// rarity weighs how easy piece i is to get elsewhere: two for each live
+// source holding it, one for each receiving it now (it holds it soon).
 func (r *swarmRun) rarity(i int) int {
 	n := 0
 	for _, s := range r.live() {
-		if s.holds(i) {
+		s.mu.Lock()
+		if !s.gone && s.have.Has(i) {
+			n += 2
+		} else if !s.gone && s.asked.Has(i) {
 			n++
 		}
+		s.mu.Unlock()
 	}
 	return n
 }
 
-func (r *swarmRun) heldElsewhere(i int) bool { return r.rarity(i) > 0 }
+func (r *swarmRun) heldElsewhere(i int) bool {
+	for _, s := range r.live() {
+		if s.holds(i) {
+			return true
+		}
+	}
+	return false
+}
 
 // available reports whether some live source holds a piece we lack.
 func (r *swarmRun) available() bool {
@@ -328,7 +341,7 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 		src.answer()
 		src.mu.Lock()
 		src.have, src.complete = st.Have, st.Complete
-		src.fetching, src.heard = st.Fetching, time.Now()
+		src.asked, src.fetching, src.heard = st.Asked, st.Fetching, time.Now()
 		start := !src.workers && st.Have.Len() > 0
 		src.workers = src.workers || start
 		gone := src.gone

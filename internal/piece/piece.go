@@ -159,6 +159,10 @@ type State struct {
 	// Fetching: the holder is fetching the pieces nobody has from its
 	// upstream, for the fleet. A slow fetcher that answers is not replaced.
 	Fetching bool `json:"fetching,omitempty"`
+	// Asked lists the pieces the holder is receiving now: peers choosing
+	// what to ask a common source for prefer pieces nobody is getting, so
+	// a source's uplink carries different pieces to different peers.
+	Asked Set `json:"asked,omitempty"`
 }
 
 // Check validates a state received from a peer.
@@ -167,8 +171,8 @@ func (st State) Check() error {
 	switch {
 	case st.Size <= 0:
 		return fmt.Errorf("piece state: size %d", st.Size)
-	case len(st.Have) > (n+63)/64:
-		return fmt.Errorf("piece state: %d set words for %d pieces", len(st.Have), n)
+	case len(st.Have) > (n+63)/64 || len(st.Asked) > (n+63)/64:
+		return fmt.Errorf("piece state: %d and %d set words for %d pieces", len(st.Have), len(st.Asked), n)
 	case st.From < 0 || st.From+len(st.Hashes) > n:
 		return fmt.Errorf("piece state: hashes %d..%d of %d pieces", st.From, st.From+len(st.Hashes), n)
 	}
