@@ -97,6 +97,9 @@ type Node struct {
 	hashes    hashCache    // piece hashes of stored blobs peers asked for
 
 	readers readers // open readers of downloads (busy.go)
+	// pieceSlots bounds the piece requests to peers in flight at once, over
+	// all of the node's downloads.
+	pieceSlots chan struct{}
 
 	mu        sync.Mutex
 	downloads map[digest.Digest]*download
@@ -138,17 +141,18 @@ func New(opts Options) *Node {
 		opts.SwarmWindow = 32
 	}
 	n := &Node{
-		store:     opts.Store,
-		ingest:    opts.Store,
-		up:        opts.Upstream,
-		router:    opts.Router,
-		peers:     opts.Peers,
-		members:   opts.Members,
-		log:       opts.Logger,
-		opts:      opts,
-		m:         newMetrics(opts.Registerer),
-		downloads: map[digest.Digest]*download{},
-		bad:       newBadHolders(),
+		store:      opts.Store,
+		ingest:     opts.Store,
+		up:         opts.Upstream,
+		router:     opts.Router,
+		peers:      opts.Peers,
+		members:    opts.Members,
+		log:        opts.Logger,
+		opts:       opts,
+		m:          newMetrics(opts.Registerer),
+		downloads:  map[digest.Digest]*download{},
+		bad:        newBadHolders(),
+		pieceSlots: make(chan struct{}, maxPieceRequests),
 	}
 	if n.router != nil {
 		ctx, stop := context.WithCancel(context.Background())

@@ -14,6 +14,10 @@ const (
 	// requestsPerSource is how many pieces one source is asked for at a
 	// time: one in transfer while the next request crosses the LAN.
 	requestsPerSource = 2
+	// maxPieceRequests bounds a node's piece requests to peers in flight,
+	// over all its downloads: 6 MiB at a time, half a second's worth at
+	// 100 Mbit/s.
+	maxPieceRequests = 6
 	// pollWait is how long a holder may hold a piece-state poll open.
 	pollWait = time.Second
 	// pollEvery spaces the polls of one source (three pieces' time at

@@ -385,14 +385,24 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 		if gone {
 			return
 		}
+		// A slot of the node's piece downloads first: a few pieces at a
+		// time arrive sooner (and are passed on sooner) than many slowly,
+		// and leave room on the link for an upstream stream.
+		select {
+		case r.n.pieceSlots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		changed := r.sw.changes()
 		i := r.sw.claim(has, src.isPending, r.rarity)
 		if i < 0 {
+			<-r.n.pieceSlots
 			waitChange(ctx, changed, 200*time.Millisecond)
 			continue
 		}
 		src.setPending(i, true)
 		data, err := r.fetchPiece(ctx, src, i)
+		<-r.n.pieceSlots
 		src.setPending(i, false)
 		if errors.Is(err, errBusyPeer) {
 			r.sw.release(i)

@@ -25,10 +25,18 @@ const (
 	upstreamPort = 5000
 )
 
-// tbfLatency bounds the queue of each shaped device (tbf's latency): about
-// what a switch port buffers, so a saturated link adds at most this much
-// delay to a lookup or a request.
+// tbfLatency bounds the queue of each shaped device: about what a switch
+// port buffers, so a saturated link adds at most this much delay to a
+// lookup or a request. The queue holds at least tbfMinQueue bytes though.
 const tbfLatency = 25 * time.Millisecond
+
+// tbfMinQueue: a veth hands its qdisc 64 KiB GSO packets where a real NIC
+// puts 1500-byte frames on the wire, so one drop loses 44 segments at once.
+// With a 25 ms queue at 50 Mbit/s (156 KB, two such packets) the upstream's
+// TCP flows starved each other: in a cold run one layer's stream ended 10 s
+// after the three others. Eight GSO packets keep drops at the segment
+// scale of a real link.
+const tbfMinQueue = 8 * 64 << 10
 
 // nsPrefix starts the name of every namespace a run makes; the PID of the
 // run that made it follows, so a later run can remove what a killed one
@@ -126,10 +134,11 @@ func tbf(ns, dev string, rate float64) []string {
 	// cut every such packet in software, which costs more CPU than the whole
 	// transfer (measured: 0% idle, 63% system time in the warm scenario).
 	burst := max(int64(rate/100), 128<<10) // 10 ms of traffic
+	limit := max(int64(rate*tbfLatency.Seconds()), tbfMinQueue) + burst
 	return []string{"tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
 		"rate", strconv.FormatInt(int64(rate*8), 10) + "bit",
 		"burst", strconv.FormatInt(burst, 10),
-		"latency", strconv.FormatInt(tbfLatency.Milliseconds(), 10) + "ms"}
+		"limit", strconv.FormatInt(limit, 10)}
 }
 
 func (l *lab) listenUpstream() (net.Listener, string, error) {
