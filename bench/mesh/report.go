@@ -43,6 +43,8 @@ type Transfer struct {
 	LocalMedian  float64   `json:"local_median_gbps"`
 	Libp2pGBps   []float64 `json:"libp2p_gbps"`
 	Libp2pMedian float64   `json:"libp2p_median_gbps"`
+	WriteGBps    []float64 `json:"new_file_write_gbps"`
+	WriteMedian  float64   `json:"new_file_write_median_gbps"`
 	PeakRSS      []int64   `json:"node_b_vmhwm_bytes"`
 	Goal         float64   `json:"goal_gbps"`
 	RatioToGoal  float64   `json:"ratio_to_goal"`
@@ -104,6 +106,8 @@ func (r *Results) markdown(w io.Writer) {
 		fmt.Fprintf(w, "| local hit: GET from node A's store | %.2f | %s |\n", t.LocalMedian, floats(t.LocalGBps))
 		fmt.Fprintf(w, "| raw libp2p stream (TCP, fleet PSK), receiver hashing sha256 | %.2f | %s |\n",
 			t.Libp2pMedian, floats(t.Libp2pGBps))
+		fmt.Fprintf(w, "| writing the same bytes to a new file next to the nodes' data (page cache, no fsync; every node's download does this) | %.2f | %s |\n",
+			t.WriteMedian, floats(t.WriteGBps))
 		fmt.Fprintf(w, "\nPeer transfer vs goal (≥ %.1f GB/s): **%.2fx** (met: %s); vs local hit %.2fx; vs raw libp2p %.2fx. ",
 			t.Goal, t.RatioToGoal, benchkit.Yes(t.Met), ratio(t.PeerMedian, t.LocalMedian), ratio(t.PeerMedian, t.Libp2pMedian))
 		fmt.Fprintf(w, "The last MiB (with the wait for verify, fsync, commit): median %.1f ms (%s). ", t.TailMedian, floats1(t.TailMS))
