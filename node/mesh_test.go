@@ -45,12 +45,12 @@ func newFleet(t *testing.T, o *origin, size int) []*member {
 
 // newRankedFleet is newFleet with a membership list: the member ranked
 // first for a blob fetches it from upstream for everyone.
-func newRankedFleet(t *testing.T, o *origin, size int) []*member {
+func newRankedFleet(t *testing.T, o *origin, size int, tune ...func(*node.Options)) []*member {
 	t.Helper()
-	return startFleet(t, o, size, true)
+	return startFleet(t, o, size, true, tune...)
 }
 
-func startFleet(t *testing.T, o *origin, size int, ranked bool) []*member {
+func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*node.Options)) []*member {
 	t.Helper()
 	net := p2p.NewMemoryNetwork()
 	peers := dataplane.NewClient(dataplane.ClientOptions{})
@@ -89,6 +89,9 @@ func startFleet(t *testing.T, o *origin, size int, ranked bool) []*member {
 		m.reg = prometheus.NewRegistry()
 		opts.Registerer = m.reg
 		members.all = append(members.all, node.Member{ID: id, DataURL: m.plane.URL})
+		for _, f := range tune {
+			f(&opts)
+		}
 		m.n = node.New(opts)
 		m.store = m.n.Store()
 		plane = dataplane.NewServer(dataplane.ServerOptions{Store: m.store, Swarm: m.n})
@@ -424,6 +427,44 @@ func TestSwarmColdConcurrentFetchesUpstreamOnce(t *testing.T) {
 		if g := o.gets(d); g != 1 {
 			t.Errorf("upstream served %s %d times to 6 nodes pulling at once, want once", d, g)
 		}
+	}
+}
+
+// A fetcher whose upstream goes quiet for many stall timeouts, but which
+// answers its peers, stays the fleet's fetcher: nobody takes over and the
+// upstream serves the blob once.
+func TestSwarmSlowFetcherIsNotReplaced(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 3<<20+11)
+	d, _ := layers[0].Digest()
+	o.gate, o.gateAfter = make(chan struct{}), 1<<20+5 // a piece, then silence
+	fleet := newRankedFleet(t, o, 3, func(opts *node.Options) { opts.StallTimeout = 200 * time.Millisecond })
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(fleet))
+	for _, m := range fleet {
+		wg.Go(func() {
+			got, _, err := readBlob(ctx, m.n, "team/app", digest.Digest(d.String()))
+			if err == nil && !bytes.Equal(got, layerBytes(t, layers[0])) {
+				err = fmt.Errorf("wrong bytes")
+			}
+			errs <- err
+		})
+	}
+	time.Sleep(2 * time.Second) // ten stall timeouts with the upstream silent
+	if g := o.gets(d); g != 1 {
+		t.Errorf("upstream asked %d times while its fetcher waited on it, want once", g)
+	}
+	close(o.gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g := o.gets(d); g != 1 {
+		t.Errorf("upstream served the blob %d times, want once", g)
 	}
 }
 

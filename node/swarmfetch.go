@@ -235,13 +235,11 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 			}
 			continue
 		}
-		r.mu.Lock()
-		skip := r.failed[m.ID] || m.DataURL == ""
-		r.mu.Unlock()
-		if skip || r.n.bad.has(r.dl.d, m.ID) || r.n.quiet.has(m.ID) || !r.responsive(ctx, m.ID, wait) {
+		if why := r.passOver(ctx, m, wait); why != "" {
+			r.n.log.Debug("swarm: member passed over as fetcher", "digest", r.dl.d, "member", m.ID, "why", why)
 			continue
 		}
-		fctx, cancel := context.WithTimeout(ctx, r.n.opts.UpstreamHedgeDelay+time.Second)
+		fctx, cancel := context.WithTimeout(ctx, fetchAnswerWait+time.Second)
 		err := r.n.peers.Fetch(fctx, m.DataURL, r.dl.d, ns, r.name.Repo)
 		cancel()
 		if err != nil {
@@ -252,6 +250,26 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		r.addSource(ctx, m.ID, m.DataURL, false)
 		r.wake(m.ID)
 		return m.ID
+	}
+	return ""
+}
+
+// passOver says why member m is not asked to fetch for the fleet, or "".
+func (r *swarmRun) passOver(ctx context.Context, m Member, wait time.Time) string {
+	r.mu.Lock()
+	failed := r.failed[m.ID]
+	r.mu.Unlock()
+	switch {
+	case m.DataURL == "":
+		return "no data plane"
+	case failed:
+		return "failed this download"
+	case r.n.bad.has(r.dl.d, m.ID):
+		return "sent bad pieces"
+	case r.n.quiet.has(m.ID):
+		return "quiet"
+	case !r.responsive(ctx, m.ID, wait):
+		return "no answer"
 	}
 	return ""
 }

@@ -23,7 +23,6 @@ type peerSrc struct {
 	member   bool
 	answered chan struct{} // closed at its first answer
 	kick     chan struct{} // wakes a poll waiting after "not held"
-	failing  bool          // its last poll failed (under mu)
 	once     sync.Once
 
 	mu       sync.Mutex
@@ -112,26 +111,14 @@ func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc, budget ti
 // has pieces this node lacks: before this node fetches from upstream for the fleet,
 // a loaded holder that answered late has its say.
 func (r *swarmRun) heldInFleet(ctx context.Context, deadline time.Time) bool {
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	expired := false
 	for _, src := range r.live() {
 		if !src.member || r.n.quiet.has(src.id) {
 			continue
 		}
-		if !expired {
-			select {
-			case <-src.answered:
-				continue
-			case <-t.C:
-				expired = true
-			case <-ctx.Done():
+		if !answeredBy(ctx, src, deadline) {
+			if ctx.Err() != nil {
 				return false
 			}
-		}
-		select {
-		case <-src.answered:
-		default:
 			r.n.quiet.mark(src.id)
 		}
 	}
@@ -150,17 +137,40 @@ func (r *swarmRun) responsive(ctx context.Context, id string, deadline time.Time
 	if src == nil {
 		return true
 	}
+	if !answeredBy(ctx, src, deadline) {
+		if ctx.Err() == nil {
+			r.n.quiet.mark(id)
+		}
+		return false
+	}
+	// A member whose last poll failed (a timeout on a loaded host) is still
+	// asked: the request to fetch tests it, and skipping it made survivors
+	// of a dead fetcher each fetch for themselves.
+	return !src.isGone()
+}
+
+// answeredBy reports whether src answered a poll by deadline, waiting until
+// then. An answer that is in wins over a deadline that has passed (select
+// picks at random among ready cases: that passed over members that had
+// answered, and survivors of a dead fetcher each fetched for themselves).
+func answeredBy(ctx context.Context, src *peerSrc, deadline time.Time) bool {
+	select {
+	case <-src.answered:
+		return true
+	default:
+	}
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
 	case <-src.answered:
-		src.mu.Lock()
-		defer src.mu.Unlock()
-		return !src.gone && !src.failing
+		return true
 	case <-t.C:
-		r.n.quiet.mark(id)
-		return false
 	case <-ctx.Done():
+	}
+	select {
+	case <-src.answered:
+		return true
+	default:
 		return false
 	}
 }
@@ -244,12 +254,14 @@ func (r *swarmRun) available() bool {
 }
 
 // fetcher returns a source that fetches the blob from upstream and
-// answered within the stall timeout: the fleet has a fetcher at work, however
-// slow its uplink. "" if none.
+// answered lately: the fleet has a fetcher at work, however slow its uplink.
+// An unchanged holder answers a poll every pollEvery+pollWait, so lately is
+// two of those, or the stall timeout if longer. "" if none.
 func (r *swarmRun) fetcher() string {
+	lately := max(r.n.opts.StallTimeout, 2*(pollEvery+pollWait))
 	for _, s := range r.live() {
 		s.mu.Lock()
-		alive := !s.gone && s.fetching && time.Since(s.heard) < r.n.opts.StallTimeout
+		alive := !s.gone && s.fetching && time.Since(s.heard) < lately
 		s.mu.Unlock()
 		if alive {
 			return s.id
@@ -307,9 +319,6 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 			last = time.Time{} // it had nothing: ask again at once
 			continue
 		}
-		src.mu.Lock()
-		src.failing = err != nil && !errors.Is(err, errBusyPeer) && !errors.Is(err, errNotHeld)
-		src.mu.Unlock()
 		if err != nil {
 			src.answer() // an error is an answer too: a dead member costs no wait
 		}

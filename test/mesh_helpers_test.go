@@ -80,26 +80,34 @@ func startMeshNode(t *testing.T, name string, o meshOptions) *meshNode {
 // the first's gossip. They start together, then each is waited for.
 func startFleet(t *testing.T, n int, o meshOptions) []*meshNode {
 	t.Helper()
-	seed := launchSeed(t, o)
+	seed := launchReady(t, "node1", o, nil)
 	nodes := []*meshNode{seed}
 	o.join = append(slices.Clone(o.join), seed.gossip)
 	for i := 2; i <= n; i++ {
 		nodes = append(nodes, launchMeshNode(t, fmt.Sprintf("node%d", i), o))
 	}
-	stopTogether(t, nodes...)
-	for _, m := range nodes {
-		m.waitReady(t)
+	for i, m := range nodes[1:] {
+		nodes[i+1] = launchReady(t, m.name, o, m)
 	}
+	stopTogether(t, nodes...)
 	return nodes
 }
 
 // launchSeed starts the node the others join and waits until it is ready.
-// freePort cannot reserve a port: under parallel tests another process may
-// bind it first, and the node then exits; try again on new ports.
 func launchSeed(t *testing.T, o meshOptions) *meshNode {
 	t.Helper()
+	return launchReady(t, "node1", o, nil)
+}
+
+// launchReady waits until node n (launched now if nil) is ready. freePort
+// cannot reserve a port: under parallel tests another process may bind it
+// first, and the node then exits; it is started again on new ports.
+func launchReady(t *testing.T, name string, o meshOptions, n *meshNode) *meshNode {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
-		n := launchMeshNode(t, "node1", o)
+		if n == nil {
+			n = launchMeshNode(t, name, o)
+		}
 		deadline := time.Now().Add(30 * time.Second)
 		for time.Now().Before(deadline) && !n.proc.exited() {
 			if resp, err := n.client.Get(n.url("/readyz")); err == nil {
@@ -115,7 +123,8 @@ func launchSeed(t *testing.T, o meshOptions) *meshNode {
 			return n
 		}
 		n.killed.Store(true) // it exited: its cleanup need not expect a clean stop
-		t.Logf("node1 lost its port to another process (attempt %d); starting it again", attempt)
+		t.Logf("%s lost its port to another process (attempt %d); starting it again", name, attempt)
+		n = nil
 	}
 }
 

@@ -1,0 +1,98 @@
+package node
+
+import (
+	"testing"
+	"time"
+
+	"github.com/imgmesh/imgmesh/internal/piece"
+)
+
+// newTestSwarm is a swarm of count pieces whose hashes are all known.
+func newTestSwarm(t *testing.T, count, window int) *swarm {
+	t.Helper()
+	s := newSwarm("sha256:0000000000000000000000000000000000000000000000000000000000000000", window)
+	if err := s.setSize(int64(count) * piece.Size); err != nil {
+		t.Fatal(err)
+	}
+	hashes := make([]string, count)
+	for i := range hashes {
+		hashes[i] = piece.Sum([]byte{byte(i)}).String()
+	}
+	if err := s.learn(0, hashes); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func setOf(count int, pieces ...int) piece.Set {
+	s := piece.NewSet(count)
+	for _, i := range pieces {
+		s.Add(i)
+	}
+	return s
+}
+
+func TestClaimAsksNoPieceTwiceBeforeTheEndgame(t *testing.T) {
+	none := func(int) bool { return false }
+	flat := func(int) int { return 0 }
+	s := newTestSwarm(t, 4, 32)
+	// Another source took pieces 0 and 1.
+	all := setOf(4, 0, 1, 2, 3)
+	for range 2 {
+		if i := s.claim(setOf(4, 0, 1), none, flat); i < 0 {
+			t.Fatal("no piece for the first source")
+		}
+	}
+	// This source has only those two: no duplicate while 2 and 3 wait.
+	if i := s.claim(setOf(4, 0, 1), none, flat); i != -1 {
+		t.Fatalf("claimed piece %d a second time while others were never asked", i)
+	}
+	// The other two go out: now every missing piece is in flight, the
+	// endgame, and an in-flight piece may be asked again.
+	for range 2 {
+		if i := s.claim(all, none, flat); i < 2 {
+			t.Fatalf("claimed %d, want 2 or 3", i)
+		}
+	}
+	i := s.claim(setOf(4, 0, 1), none, flat)
+	if i != 0 && i != 1 {
+		t.Fatalf("endgame claim %d, want a duplicate of 0 or 1", i)
+	}
+	// No piece is asked a third time.
+	s.claim(setOf(4, 0, 1), none, flat)
+	if i := s.claim(setOf(4, 0, 1), none, flat); i != -1 {
+		t.Fatalf("claimed piece %d a third time", i)
+	}
+}
+
+func TestClaimDuplicatesASlowFrontierPieceOfAFullWindow(t *testing.T) {
+	none := func(int) bool { return false }
+	flat := func(int) int { return 0 }
+	s := newTestSwarm(t, 8, 2) // pieces 2.. lie beyond the window
+	all := setOf(8, 0, 1, 2, 3, 4, 5, 6, 7)
+	s.claim(all, none, flat)
+	s.claim(all, none, flat)
+	if i := s.claim(all, none, flat); i != -1 {
+		t.Fatalf("claimed %d at once in a full window", i)
+	}
+	s.mu.Lock()
+	s.asked[0] = time.Now().Add(-2 * dupAfter) // the frontier piece is slow
+	s.mu.Unlock()
+	if i := s.claim(all, none, flat); i != 0 {
+		t.Fatalf("claimed %d, want the slow frontier piece 0", i)
+	}
+}
+
+func TestClaimPrefersPiecesNobodyHoldsOrReceives(t *testing.T) {
+	none := func(int) bool { return false }
+	s := newTestSwarm(t, 3, 32)
+	// Piece 0 is held by another peer, piece 1 received by one, piece 2 by
+	// nobody else: the rarity the swarm run computes.
+	rarity := func(i int) int { return []int{2, 1, 0}[i] }
+	all := setOf(3, 0, 1, 2)
+	for _, want := range []int{2, 1, 0} {
+		if i := s.claim(all, none, rarity); i != want {
+			t.Fatalf("claimed %d, want %d", i, want)
+		}
+	}
+}
