@@ -71,9 +71,7 @@ func launchMeshNode(t *testing.T, name string, o meshOptions) *meshNode {
 // startMeshNode is launchMeshNode, then waitReady.
 func startMeshNode(t *testing.T, name string, o meshOptions) *meshNode {
 	t.Helper()
-	n := launchMeshNode(t, name, o)
-	n.waitReady(t)
-	return n
+	return launchReady(t, name, o, nil)
 }
 
 // startFleet starts n members named node1..nodeN; all but the first join
