@@ -138,14 +138,3 @@ func parseImage(raw []byte) (*v1.Manifest, error) {
 	}
 	return &m, nil
 }
-
-// size sums a plan's bytes.
-func (p *plan) size() (blobs, manifests int64) {
-	for _, b := range p.blobs {
-		blobs += b.Size
-	}
-	for _, m := range p.manifests {
-		manifests += m.desc.Size
-	}
-	return blobs, manifests
-}

@@ -12,7 +12,6 @@ import (
 type quietMembers struct {
 	mu    sync.Mutex
 	until map[string]time.Time
-	ttl   time.Duration
 }
 
 // quietFor is how long an unanswering member is not waited for.

@@ -91,12 +91,6 @@ func startFleet(t *testing.T, n int, o meshOptions) []*meshNode {
 	return nodes
 }
 
-// launchSeed starts the node the others join and waits until it is ready.
-func launchSeed(t *testing.T, o meshOptions) *meshNode {
-	t.Helper()
-	return launchReady(t, "node1", o, nil)
-}
-
 // launchReady waits until node n (launched now if nil) is ready. freePort
 // cannot reserve a port: under parallel tests another process may bind it
 // first, and the node then exits; it is started again on new ports.

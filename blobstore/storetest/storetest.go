@@ -95,14 +95,14 @@ func put(s blobstore.Store, b []byte, d digest.Digest) error {
 	}
 	if _, err := w.Write(b); err != nil {
 		_ = w.Cancel()
-		return fmt.Errorf("Write: %w", err)
+		return fmt.Errorf("write: %w", err)
 	}
 	info, err := w.Commit(ctx, int64(len(b)), d)
 	if err != nil {
-		return fmt.Errorf("Commit: %w", err)
+		return fmt.Errorf("commit: %w", err)
 	}
 	if info.Digest != d || info.Size != int64(len(b)) {
-		return fmt.Errorf("Commit = %+v, want %s size %d", info, d, len(b))
+		return fmt.Errorf("commit = %+v, want %s size %d", info, d, len(b))
 	}
 	return nil
 }
