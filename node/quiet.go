@@ -5,10 +5,10 @@ import (
 	"time"
 )
 
-// quietMembers remembers fleet members that did not answer a miss's first
-// poll within the lookup budget (stopped, frozen, overloaded). The next
-// misses do not wait for them, so a frozen fleet costs one budget, not one
-// per miss. Any later answer from a member forgets it.
+// quietMembers remembers fleet members that did not answer a download's
+// first poll within fetcherWait (stopped, frozen). The next misses do not
+// wait for them, so a frozen fleet costs one wait, not one per miss. Any
+// later answer from a member forgets it.
 type quietMembers struct {
 	mu    sync.Mutex
 	until map[string]time.Time

@@ -30,9 +30,8 @@ type swarm struct {
 	known    piece.Set // pieces whose hash is known
 	have     piece.Set // verified pieces held: written, or waiting in buf
 	buf      map[int][]byte
-	frontier int               // pieces [0, frontier) are in the writer
-	inflight map[int]int       // piece -> requests out
-	asked    map[int]time.Time // piece -> when its first request still out went
+	frontier int            // pieces [0, frontier) are in the writer
+	inflight map[int]flight // pieces asked for and not arrived yet
 	// origin: this node may fetch missing pieces from upstream (it ranked
 	// first, was asked by the fleet, or took over).
 	origin   bool
@@ -43,7 +42,7 @@ type swarm struct {
 }
 
 func newSwarm(d digest.Digest, window int) *swarm {
-	return &swarm{d: d, window: window, size: -1, buf: map[int][]byte{}, inflight: map[int]int{}, asked: map[int]time.Time{},
+	return &swarm{d: d, window: window, size: -1, buf: map[int][]byte{}, inflight: map[int]flight{},
 		changed: make(chan struct{}), progress: time.Now()}
 }
 
@@ -128,7 +127,7 @@ func (s *swarm) claim(has piece.Set, pending func(int) bool, rarity func(int) in
 	best, bestRare, ties := -1, 0, 0
 	end := min(s.count, s.frontier+s.window)
 	for i := s.frontier; i < end; i++ {
-		if s.have.Has(i) || !s.known.Has(i) || !has.Has(i) || s.inflight[i] > 0 {
+		if s.have.Has(i) || !s.known.Has(i) || !has.Has(i) || s.inflight[i].n > 0 {
 			continue
 		}
 		// Among the rarest, pick at random: peers that start together then
@@ -147,10 +146,7 @@ func (s *swarm) claim(has piece.Set, pending func(int) bool, rarity func(int) in
 		best = s.duplicateLocked(has, pending, end)
 	}
 	if best >= 0 {
-		if s.inflight[best] == 0 {
-			s.asked[best] = time.Now()
-		}
-		s.inflight[best]++
+		s.askLocked(best)
 	}
 	return best
 }
@@ -162,11 +158,11 @@ func (s *swarm) claim(has piece.Set, pending func(int) bool, rarity func(int) in
 // bytes about 1.6 times.
 func (s *swarm) duplicateLocked(has piece.Set, pending func(int) bool, end int) int {
 	ok := func(i int) bool {
-		return !s.have.Has(i) && s.known.Has(i) && has.Has(i) && s.inflight[i] == 1 && !pending(i)
+		return !s.have.Has(i) && s.known.Has(i) && has.Has(i) && s.inflight[i].n == 1 && !pending(i)
 	}
 	endgame, full := true, true
 	for i := s.frontier; i < s.count; i++ {
-		if !s.have.Has(i) && s.inflight[i] == 0 {
+		if !s.have.Has(i) && s.inflight[i].n == 0 {
 			endgame = false
 			if i < end {
 				full = false
@@ -180,10 +176,36 @@ func (s *swarm) duplicateLocked(has piece.Set, pending func(int) bool, end int) 
 				return i
 			}
 		}
-	case full && s.frontier < s.count && ok(s.frontier) && time.Since(s.asked[s.frontier]) > dupAfter:
+	case full && s.frontier < s.count && ok(s.frontier) && time.Since(s.inflight[s.frontier].since) > dupAfter:
 		return s.frontier
 	}
 	return -1
+}
+
+// flight is a piece asked for: how many requests are out, and since when
+// the first of them.
+type flight struct {
+	n     int
+	since time.Time
+}
+
+func (s *swarm) askLocked(i int) {
+	f := s.inflight[i]
+	if f.n == 0 {
+		f.since = time.Now()
+	}
+	f.n++
+	s.inflight[i] = f
+}
+
+// arrivedLocked ends one request for piece i, with or without its bytes.
+func (s *swarm) arrivedLocked(i int) {
+	if f := s.inflight[i]; f.n > 1 {
+		f.n--
+		s.inflight[i] = f
+		return
+	}
+	delete(s.inflight, i)
 }
 
 // claimUpstream picks the next piece to fetch from upstream: the first one
@@ -193,11 +215,10 @@ func (s *swarm) claimUpstream(from int, heldElsewhere func(int) bool) int {
 	defer s.mu.Unlock()
 	end := min(s.count, s.frontier+s.window)
 	for i := max(from, s.frontier); i < end; i++ {
-		if s.have.Has(i) || s.inflight[i] > 0 || heldElsewhere(i) {
+		if s.have.Has(i) || s.inflight[i].n > 0 || heldElsewhere(i) {
 			continue
 		}
-		s.asked[i] = time.Now()
-		s.inflight[i]++
+		s.askLocked(i)
 		return i
 	}
 	return -1
@@ -206,10 +227,7 @@ func (s *swarm) claimUpstream(from int, heldElsewhere func(int) bool) int {
 // release ends one request for piece i that brought nothing.
 func (s *swarm) release(i int) {
 	s.mu.Lock()
-	if s.inflight[i]--; s.inflight[i] <= 0 {
-		delete(s.inflight, i)
-		delete(s.asked, i)
-	}
+	s.arrivedLocked(i)
 	s.notifyLocked()
 	s.mu.Unlock()
 }
@@ -222,10 +240,7 @@ func (s *swarm) deliver(i int, data []byte, fromUpstream bool) (bool, error) {
 	sum := piece.Sum(data)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.inflight[i]--; s.inflight[i] <= 0 {
-		delete(s.inflight, i)
-		delete(s.asked, i)
-	}
+	s.arrivedLocked(i)
 	off, end := piece.Bounds(i, s.size)
 	switch {
 	case int64(len(data)) != end-off:

@@ -76,7 +76,9 @@ func TestClaimDuplicatesASlowFrontierPieceOfAFullWindow(t *testing.T) {
 		t.Fatalf("claimed %d at once in a full window", i)
 	}
 	s.mu.Lock()
-	s.asked[0] = time.Now().Add(-2 * dupAfter) // the frontier piece is slow
+	f := s.inflight[0]
+	f.since = time.Now().Add(-2 * dupAfter) // the frontier piece is slow
+	s.inflight[0] = f
 	s.mu.Unlock()
 	if i := s.claim(all, none, flat); i != 0 {
 		t.Fatalf("claimed %d, want the slow frontier piece 0", i)

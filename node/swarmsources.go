@@ -87,42 +87,43 @@ func (r *swarmRun) askMembers(ctx context.Context) []*peerSrc {
 
 // firstAnswers waits until every asked member answered once, or the
 // lookup budget ends, and reports whether someone in the fleet has the blob.
-// Members that stayed quiet through a recent fetcher wait are not waited for.
 func (r *swarmRun) firstAnswers(ctx context.Context, asked []*peerSrc, budget time.Time) bool {
-	t := time.NewTimer(time.Until(budget))
-	defer t.Stop()
-	for _, src := range asked {
-		if r.n.quiet.has(src.id) {
-			continue
-		}
-		select {
-		case <-src.answered:
-		case <-t.C:
-			return r.sw.knownSize() >= 0
-		case <-ctx.Done():
-			return false
-		}
-	}
+	r.awaitAnswers(ctx, asked, budget, false)
 	return r.sw.knownSize() >= 0
 }
 
 // heldInFleet waits, until deadline, for the first answer of every member
-// asked that is not known to be quiet, and reports whether a live source
-// has pieces this node lacks: before this node fetches from upstream for the fleet,
-// a loaded holder that answered late has its say.
+// asked, and reports whether a live source has pieces this node lacks:
+// before this node fetches from upstream for the fleet, a loaded holder
+// that answered late has its say. Members silent until then are quiet.
 func (r *swarmRun) heldInFleet(ctx context.Context, deadline time.Time) bool {
+	var members []*peerSrc
 	for _, src := range r.live() {
-		if !src.member || r.n.quiet.has(src.id) {
+		if src.member {
+			members = append(members, src)
+		}
+	}
+	r.awaitAnswers(ctx, members, deadline, true)
+	return r.available()
+}
+
+// awaitAnswers waits until each of srcs answered its first poll, or
+// deadline, skipping members known to be quiet; with markQuiet, those that
+// did not answer in time are remembered as quiet.
+func (r *swarmRun) awaitAnswers(ctx context.Context, srcs []*peerSrc, deadline time.Time, markQuiet bool) {
+	for _, src := range srcs {
+		if r.n.quiet.has(src.id) {
 			continue
 		}
 		if !answeredBy(ctx, src, deadline) {
 			if ctx.Err() != nil {
-				return false
+				return
 			}
-			r.n.quiet.mark(src.id)
+			if markQuiet {
+				r.n.quiet.mark(src.id)
+			}
 		}
 	}
-	return r.available()
 }
 
 // responsive reports whether member id answered a poll, waiting for its
