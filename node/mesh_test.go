@@ -3,13 +3,11 @@ package node_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -400,25 +398,13 @@ func TestSwarmColdConcurrentFetchesUpstreamOnce(t *testing.T) {
 	o := newOrigin(t)
 	_, layers := pushImage(t, o, "team/app", "v1", 6<<20+7, 3<<20+1)
 	fleet := newRankedFleet(t, o, 6)
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	errs := make(chan error, len(fleet)*len(layers))
-	for _, m := range fleet {
-		for _, l := range layers {
-			wg.Go(func() {
-				d, _ := l.Digest()
-				got, _, err := readBlob(ctx, m.n, "team/app", digest.Digest(d.String()))
-				if err == nil && !bytes.Equal(got, layerBytes(t, l)) {
-					err = fmt.Errorf("blob %s: wrong bytes", d)
-				}
-				errs <- err
-			})
-		}
+	var waits []func() error
+	for _, l := range layers {
+		d, _ := l.Digest()
+		waits = append(waits, readAtOnce(context.Background(), nodesOf(fleet), "team/app", digest.Digest(d.String()), layerBytes(t, l)))
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
+	for _, wait := range waits {
+		if err := wait(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -439,33 +425,26 @@ func TestSwarmSlowFetcherIsNotReplaced(t *testing.T) {
 	d, _ := layers[0].Digest()
 	o.gate, o.gateAfter = make(chan struct{}), 1<<20+5 // a piece, then silence
 	fleet := newRankedFleet(t, o, 3, func(opts *node.Options) { opts.StallTimeout = 200 * time.Millisecond })
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	errs := make(chan error, len(fleet))
-	for _, m := range fleet {
-		wg.Go(func() {
-			got, _, err := readBlob(ctx, m.n, "team/app", digest.Digest(d.String()))
-			if err == nil && !bytes.Equal(got, layerBytes(t, layers[0])) {
-				err = fmt.Errorf("wrong bytes")
-			}
-			errs <- err
-		})
-	}
+	wait := readAtOnce(context.Background(), nodesOf(fleet), "team/app", digest.Digest(d.String()), layerBytes(t, layers[0]))
 	time.Sleep(2 * time.Second) // ten stall timeouts with the upstream silent
 	if g := o.gets(d); g != 1 {
 		t.Errorf("upstream asked %d times while its fetcher waited on it, want once", g)
 	}
 	close(o.gate)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := wait(); err != nil {
+		t.Fatal(err)
 	}
 	if g := o.gets(d); g != 1 {
 		t.Errorf("upstream served the blob %d times, want once", g)
 	}
+}
+
+func nodesOf(fleet []*member) []*node.Node {
+	var out []*node.Node
+	for _, m := range fleet {
+		out = append(out, m.n)
+	}
+	return out
 }
 
 // testLogger logs to stderr at debug level when IMGMESH_TEST_DEBUG is set.

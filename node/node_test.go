@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -60,6 +61,33 @@ func readBlob(ctx context.Context, n *node.Node, repo string, d digest.Digest) (
 	return b, c, err
 }
 
+// readAtOnce starts a read of blob d of repo through each of nodes at
+// once, each checked against want; wait returns the first failure once
+// every read ended.
+func readAtOnce(ctx context.Context, nodes []*node.Node, repo string, d digest.Digest, want []byte) (wait func() error) {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(nodes))
+	for _, n := range nodes {
+		wg.Go(func() {
+			got, _, err := readBlob(ctx, n, repo, d)
+			if err == nil && !bytes.Equal(got, want) {
+				err = fmt.Errorf("blob %s: wrong bytes", d)
+			}
+			errs <- err
+		})
+	}
+	return func() error {
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
 func TestPullThroughThenLocal(t *testing.T) {
 	o := newOrigin(t)
 	img, layers := pushImage(t, o, "team/app", "v1", 3<<20, 1000)
@@ -105,23 +133,9 @@ func TestConcurrentColdReadersShareOneFetch(t *testing.T) {
 	d, _ := layers[0].Digest()
 	want := layerBytes(t, layers[0])
 
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for range 8 {
-		wg.Go(func() {
-			got, _, err := readBlob(context.Background(), n, "team/app", digest.Digest(d.String()))
-			if err == nil && !bytes.Equal(got, want) {
-				err = errors.New("wrong bytes")
-			}
-			errs <- err
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	readers := []*node.Node{n, n, n, n, n, n, n, n}
+	if err := readAtOnce(context.Background(), readers, "team/app", digest.Digest(d.String()), want)(); err != nil {
+		t.Fatal(err)
 	}
 	if g := o.gets(d); g != 1 {
 		t.Fatalf("upstream served the blob %d times to 8 concurrent readers, want 1", g)
