@@ -47,8 +47,11 @@ func startNode(t *testing.T, dataDir string, extra ...string) *imgmeshNode {
 		addr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		dataDir: dataDir,
 	}
+	// A 5 s tag budget: under -race with the e2e tests in parallel, the
+	// first upstream request (token dance included) took 0.8 s of a 1 s
+	// budget, and a tag fell back to the empty local index (404).
 	n.args = append([]string{"serve", "--mesh=false", "--data-dir", dataDir, "--listen", n.addr,
-		"--log-format", "json", "--log-level", "debug", "--tag-timeout", "1s"}, extra...)
+		"--log-format", "json", "--log-level", "debug", "--tag-timeout", "5s"}, extra...)
 	n.start(t)
 	return n
 }
