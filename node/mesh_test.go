@@ -397,7 +397,11 @@ func TestCorruptingPeerIsDroppedAndItsPiecesFetchedElsewhere(t *testing.T) {
 func TestSwarmColdConcurrentFetchesUpstreamOnce(t *testing.T) {
 	o := newOrigin(t)
 	_, layers := pushImage(t, o, "team/app", "v1", 6<<20+7, 3<<20+1)
-	fleet := newRankedFleet(t, o, 6)
+	// A 3 s lookup budget (so members have 3 s to give a first answer):
+	// under -race with every package testing at once on two cores, a member
+	// answered after the 1 s default once, was passed over, and two members
+	// fetched the same blob.
+	fleet := newRankedFleet(t, o, 6, func(opts *node.Options) { opts.LookupTimeout = 3 * time.Second })
 	var waits []func() error
 	for _, l := range layers {
 		d, _ := l.Digest()
