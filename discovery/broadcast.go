@@ -31,9 +31,15 @@ const seenWindow = 8192
 // again).
 const maxInbox = 512
 
-// retransmitMult: each member retransmits a gossiped message about
-// RetransmitMult × log10(fleet size + 1) times.
-const retransmitMult = 4
+// retransmitMult: each member sends a gossiped message to retransmitMult ×
+// ceil(log10(fleet size + 1)) random members (memberlist's formula). With
+// memberlist's own 4, a fleet of 8 sends it 4 times per member, and in a
+// simulation of that epidemic one member or more missed it in 4.8% of
+// messages (seen in CI); with 8 it is 0.02% at 8 members and 0.0005% at 20
+// (16 sends). A member that misses one still gets the news with the
+// sender's State on push/pull. The cost is small: messages ride in the
+// gossip rounds' packets, at most GossipNodes packets per round.
+const retransmitMult = 8
 
 // Channel is a fleet-wide channel of opaque messages: discovery carries the
 // bytes and never looks inside. Set it in Options.

@@ -74,9 +74,9 @@ func randomBytes(t *testing.T, n int) []byte {
 
 func TestBroadcastReachesEveryMember(t *testing.T) {
 	t.Parallel()
-	// The sender alone sends a gossiped message 4 times (retransmitMult ×
-	// log10 of the fleet size) to random members: 8 members are only all
-	// reached because receivers pass it on.
+	// The sender alone sends a gossiped message 8 times (retransmitMult ×
+	// ceil(log10(fleet size + 1))) to random members, sometimes the same
+	// one: 8 members are all reached because receivers pass it on.
 	tests := []struct {
 		name    string
 		key     []byte
