@@ -69,7 +69,7 @@ func NewClient(opts ClientOptions) *Client {
 	}
 	nodeID := opts.NodeID
 	if !validNodeID(nodeID) {
-		nodeID = "unknown"
+		nodeID = unknownNode
 	}
 	return &Client{key: key, nodeID: nodeID, hc: &http.Client{Transport: rt}, now: time.Now}
 }
@@ -221,11 +221,17 @@ func (c *Client) Tag(ctx context.Context, baseURL, repoKey, tag string) (digest.
 	return a.Digest, nil
 }
 
+// unknownNode is the node ID of a client given none valid.
+const unknownNode = "unknown"
+
 // request builds a signed request for path under baseURL.
 func (c *Client) request(ctx context.Context, method, baseURL, path string) (*http.Request, error) {
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(baseURL, "/")+path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("data plane request to %q: %w", baseURL, err)
+	}
+	if c.nodeID != unknownNode {
+		req.Header.Set(RequesterHeader, c.nodeID)
 	}
 	if c.key != nil {
 		// The transport writes req.URL.RequestURI() as the request target;
@@ -258,6 +264,9 @@ func (c *Client) do(req *http.Request, what string) (*http.Response, error) {
 		sentinel = ErrUnauthorized
 	case http.StatusServiceUnavailable:
 		sentinel = ErrBusy
+		if resp.Header.Get(pieceSentHeader) != "" {
+			sentinel = ErrPieceSent
+		}
 	default:
 		sentinel = ErrPeer
 	}

@@ -17,6 +17,9 @@ import (
 type metrics struct {
 	requests *prometheus.CounterVec // route, code
 	bytes    prometheus.Counter
+	// piecesRefused: pieces a seed refused because it had just sent them
+	// to another member.
+	piecesRefused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -29,10 +32,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "imgmesh_dataplane_bytes_sent_total",
 			Help: "Body bytes sent to peers by the data plane.",
 		}),
+		piecesRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "imgmesh_dataplane_pieces_refused_total",
+			Help: "Piece requests a seed (complete holder or upstream fetcher) refused because it had just sent that piece to another member.",
+		}),
 	}
 	if reg != nil {
 		m.requests = register(reg, m.requests)
 		m.bytes = register(reg, m.bytes)
+		m.piecesRefused = register(reg, m.piecesRefused)
 	}
 	return m
 }

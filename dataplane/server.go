@@ -57,7 +57,8 @@ type ServerOptions struct {
 	Swarm Swarm
 	// UploadSlots bounds the blob bodies served at once (default 4): a peer
 	// asking beyond it gets 503 and asks another holder, so one node's
-	// uplink is shared by a few peers at full speed rather than by all.
+	// uplink is shared by a few peers at full speed rather than by all. A
+	// body counts until all but its last bytes left (see Listen).
 	UploadSlots int
 	// Throttle, if set, wraps every body writer (the upload rate cap).
 	Throttle func(ctx context.Context, w io.Writer) io.Writer
@@ -68,6 +69,7 @@ type server struct {
 	swarm    Swarm
 	slots    chan struct{}
 	throttle func(ctx context.Context, w io.Writer) io.Writer
+	sent     pieceSends // pieces sent lately as a seed
 	key      []byte
 	log      *slog.Logger
 	m        *metrics
@@ -178,6 +180,15 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request, ref string) {
 		return
 	}
 	defer b.Close()
+	if size, err := b.Seek(0, io.SeekEnd); err == nil {
+		if _, err = b.Seek(0, io.SeekStart); err == nil {
+			done := s.sendOnce(w, r, d, size) // this node is a seed of d
+			if done == nil {
+				return
+			}
+			defer done()
+		}
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", d.String())

@@ -35,6 +35,9 @@ const (
 var (
 	// ErrBusy: the peer serves as many bodies as it allows; ask another.
 	ErrBusy = errors.New("peer busy")
+	// ErrPieceSent: a seed just sent this piece to another member; get it
+	// from that member, or ask the seed for another piece. It wraps ErrBusy.
+	ErrPieceSent = fmt.Errorf("%w: piece just sent to another member", ErrBusy)
 )
 
 // Swarm is what the server asks the node about blobs beyond its store:
@@ -94,6 +97,13 @@ func (s *server) partial(w http.ResponseWriter, r *http.Request, d digest.Digest
 		if !st.Have.Has(i) {
 			return false
 		}
+	}
+	if st.Fetching { // this node brings d into the fleet from upstream
+		done := s.sendOnce(w, r, d, st.Size)
+		if done == nil {
+			return true
+		}
+		defer done()
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")

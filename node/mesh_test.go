@@ -8,9 +8,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,8 +54,6 @@ func newRankedFleet(t *testing.T, o *origin, size int, tune ...func(*node.Option
 func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*node.Options)) []*member {
 	t.Helper()
 	net := p2p.NewMemoryNetwork()
-	peers := dataplane.NewClient(dataplane.ClientOptions{})
-	t.Cleanup(peers.CloseIdleConnections)
 	var fleet []*member
 	members := &staticMembers{}
 	for i := range size {
@@ -61,6 +62,9 @@ func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*no
 		if err != nil {
 			t.Fatal(err)
 		}
+		id := string(rune('a' + i))
+		peers := dataplane.NewClient(dataplane.ClientOptions{NodeID: id}) // seeds tell members apart by it
+		t.Cleanup(peers.CloseIdleConnections)
 		opts := node.Options{Store: store, Peers: peers, LookupTimeout: time.Second, IdleTimeout: 5 * time.Second, Logger: testLogger()}
 		if o != nil {
 			up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
@@ -79,7 +83,6 @@ func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*no
 			}
 			plane.ServeHTTP(w, r)
 		}))
-		id := string(rune('a' + i))
 		opts.Router = net.NewRouter(id, m.plane.URL)
 		if ranked {
 			opts.Members = members.of(id)
@@ -92,7 +95,7 @@ func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*no
 		}
 		m.n = node.New(opts)
 		m.store = m.n.Store()
-		plane = dataplane.NewServer(dataplane.ServerOptions{Store: m.store, Swarm: m.n})
+		plane = dataplane.NewServer(dataplane.ServerOptions{Store: m.store, Swarm: m.n, Registerer: m.reg})
 		t.Cleanup(func() {
 			m.plane.Close()
 			m.n.Close()
@@ -106,20 +109,33 @@ func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*no
 // fetched reads the node's imgmesh_fetched_bytes_total for one source.
 func (m *member) fetched(t *testing.T, source string) float64 {
 	t.Helper()
+	return m.sum(t, "imgmesh_fetched_bytes_total", func(l *dto.LabelPair) bool {
+		return l.GetName() == "source" && l.GetValue() == source
+	})
+}
+
+// counter sums the member's counter name over all its labels.
+func (m *member) counter(t *testing.T, name string) float64 {
+	t.Helper()
+	return m.sum(t, name, nil)
+}
+
+// sum adds the values of counter name whose labels include one that
+// matches (any, if match is nil).
+func (m *member) sum(t *testing.T, name string, match func(*dto.LabelPair) bool) float64 {
+	t.Helper()
 	fams, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var sum float64
 	for _, f := range fams {
-		if f.GetName() != "imgmesh_fetched_bytes_total" {
+		if f.GetName() != name {
 			continue
 		}
 		for _, mt := range f.GetMetric() {
-			for _, l := range mt.GetLabel() {
-				if l.GetName() == "source" && l.GetValue() == source {
-					sum += mt.GetCounter().GetValue()
-				}
+			if match == nil || slices.ContainsFunc(mt.GetLabel(), match) {
+				sum += mt.GetCounter().GetValue()
 			}
 		}
 	}
@@ -441,6 +457,49 @@ func TestSwarmSlowFetcherIsNotReplaced(t *testing.T) {
 	if g := o.gets(d); g != 1 {
 		t.Errorf("upstream served the blob %d times, want once", g)
 	}
+}
+
+// A holder of a whole blob is the one source of its pieces when members
+// pull it at once: it sends each piece to one of them and they pass it on,
+// so its uplink carries the blob about once, not once per member.
+func TestSwarmSeedSendsEachPieceAboutOnce(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 16<<20+5)
+	d, _ := layers[0].Digest()
+	dd, want := digest.Digest(d.String()), layerBytes(t, layers[0])
+	fleet := newRankedFleet(t, o, 5)
+	if got, _, err := readBlob(t.Context(), fleet[0].n, "team/app", dd); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("seed pull: %v", err)
+	}
+	waitStored(t, fleet[0].store, dd)
+	if err := readAtOnce(t.Context(), nodesOf(fleet[1:]), "team/app", dd, want)(); err != nil {
+		t.Fatal(err)
+	}
+	if g := o.gets(d); g != 1 {
+		t.Errorf("upstream served the blob %d times, want once", g)
+	}
+	sent := fleet[0].counter(t, "imgmesh_dataplane_bytes_sent_total")
+	if ratio := sent / float64(len(want)); ratio > 1.5 {
+		t.Errorf("the seed sent %.2f times the blob to 4 members pulling at once, want about once (at most 1.5)", ratio)
+	}
+	var refused float64
+	for _, m := range fleet {
+		refused += m.counter(t, "imgmesh_dataplane_pieces_refused_total")
+	}
+	t.Logf("seed sent %.2f× the blob; %v piece requests refused", sent/float64(len(want)), refused)
+}
+
+// waitStored waits for d to be committed in store (a reader has the last
+// byte once the digest matched; fsync and rename may still run).
+func waitStored(t *testing.T, store blobstore.Store, d digest.Digest) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err = store.Stat(t.Context(), d); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s not stored: %v", d, err)
 }
 
 func nodesOf(fleet []*member) []*node.Node {

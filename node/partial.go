@@ -18,6 +18,8 @@ import (
 var (
 	// errBusyPeer: a holder serves as many bodies as it allows right now.
 	errBusyPeer = dataplane.ErrBusy
+	// errPieceSent: a seed sent that piece to another member just now.
+	errPieceSent = dataplane.ErrPieceSent
 	// errNotHeld: the peer has no such blob (any more).
 	errNotHeld = dataplane.ErrNotHeld
 )

@@ -27,6 +27,9 @@ const (
 	relookupEvery = 500 * time.Millisecond
 	// swarmHolders is how many holders one lookup asks for.
 	swarmHolders = 16
+	// refusedFor is how long a seed that refused a piece (it had just sent
+	// it to another member) is not asked for it again: the seed's hold.
+	refusedFor = 3 * time.Second
 	// maxStrikes: a source whose piece requests failed this many times in
 	// a row is dropped.
 	maxStrikes = 3
@@ -311,8 +314,10 @@ func (r *swarmRun) firstKind() string {
 
 // gotPiece notes a new verified piece: the first one makes this node a
 // holder the fleet can find.
-func (r *swarmRun) gotPiece(kind, from string, size int) {
+// took is how long its request (or, from upstream, its bytes) took.
+func (r *swarmRun) gotPiece(i int, kind, from string, size int, took time.Duration) {
 	r.n.m.fetchedBytes.WithLabelValues(kind).Add(float64(size))
+	r.n.log.Debug("swarm: piece", "digest", r.dl.d, "piece", i, "source", kind, "peer", from, "took", took)
 	r.mu.Lock()
 	first := !r.announced
 	r.announced = true

@@ -32,8 +32,11 @@ type peerSrc struct {
 	fetching bool         // it said it fetches from upstream for the fleet
 	heard    time.Time    // its last answer with the blob's state
 	pending  map[int]bool // pieces asked of this source
-	gone     bool
-	workers  bool
+	// refused: pieces this seed just sent to another member, and until
+	// when not to ask it for them (they spread from that member).
+	refused map[int]time.Time
+	gone    bool
+	workers bool
 }
 
 func (p *peerSrc) answer() { p.once.Do(func() { close(p.answered) }) }
@@ -389,9 +392,7 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 	defer r.wg.Done()
 	busy, strikes := 0, 0
 	for ctx.Err() == nil && !r.sw.complete() {
-		src.mu.Lock()
-		gone, has := src.gone, src.have
-		src.mu.Unlock()
+		gone, has := src.offer()
 		if gone {
 			return
 		}
@@ -411,9 +412,17 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 			continue
 		}
 		src.setPending(i, true)
+		asked := time.Now()
 		data, err := r.fetchPiece(ctx, src, i)
 		<-r.n.pieceSlots
 		src.setPending(i, false)
+		if errors.Is(err, errPieceSent) {
+			// Another member has it on its way: ask this seed for another
+			// piece now, and that member for this one once it holds it.
+			r.sw.release(i)
+			src.refuse(i, time.Now().Add(refusedFor))
+			continue
+		}
 		if errors.Is(err, errBusyPeer) {
 			r.sw.release(i)
 			busy++
@@ -452,11 +461,42 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 			return
 		}
 		if fresh {
-			r.gotPiece("peer", src.id, len(*data))
+			r.gotPiece(i, "peer", src.id, len(*data), time.Since(asked))
 		} else {
 			piece.Release(data)
 		}
 	}
+}
+
+// offer is what a worker may ask the source for: the pieces it holds, but
+// those it refused lately; and whether it is gone.
+func (p *peerSrc) offer() (bool, piece.Set) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	has, now := p.have, time.Now()
+	cloned := false // p.have is shared: change a copy
+	for i, until := range p.refused {
+		switch {
+		case now.After(until):
+			delete(p.refused, i)
+		case has.Has(i):
+			if !cloned {
+				has, cloned = has.Clone(), true
+			}
+			has.Remove(i)
+		}
+	}
+	return p.gone, has
+}
+
+// refuse notes that the source refused piece i until the given time.
+func (p *peerSrc) refuse(i int, until time.Time) {
+	p.mu.Lock()
+	if p.refused == nil {
+		p.refused = map[int]time.Time{}
+	}
+	p.refused[i] = until
+	p.mu.Unlock()
 }
 
 func (p *peerSrc) isGone() bool {

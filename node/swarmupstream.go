@@ -106,6 +106,7 @@ func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
 	idle := idleReader(body, r.n.opts.IdleTimeout, cancel)
 	defer idle.stop()
 	in := r.n.throttled(ctx, idle)
+	since := time.Now()
 	for {
 		start, end := piece.Bounds(i, total)
 		buf := piece.Buffer()
@@ -124,10 +125,11 @@ func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
 			return err
 		}
 		if fresh {
-			r.gotPiece("upstream", "", len(data))
+			r.gotPiece(i, "upstream", "", len(data), time.Since(since))
 		} else {
 			piece.Release(buf)
 		}
+		since = time.Now()
 		next := r.sw.claimUpstream(i+1, r.heldElsewhere)
 		if next != i+1 {
 			if next >= 0 {

@@ -51,7 +51,7 @@ func startMesh(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus
 			return nil, err
 		}
 	}
-	if m.dataLn, err = net.Listen("tcp", cfg.DataListen); err != nil {
+	if m.dataLn, err = dataplane.Listen(cfg.DataListen); err != nil {
 		return nil, fmt.Errorf("data plane: %w", err)
 	}
 	meta := discovery.Meta{DataPort: portOf(m.dataLn), Registry: cfg.Listen, Version: version, Labels: cfg.Labels}

@@ -97,6 +97,9 @@ func (s Set) Has(i int) bool {
 // Add puts piece i in the set; the set must be sized for it.
 func (s Set) Add(i int) { s[i/64] |= 1 << (i % 64) }
 
+// Remove drops i from the set; i must be in range.
+func (s Set) Remove(i int) { s[i/64] &^= 1 << (i % 64) }
+
 // Len counts the pieces in the set.
 func (s Set) Len() int {
 	n := 0

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package dataplane
+
+import "net"
+
+func setUnsentLowWater(*net.TCPConn, int) {}
