@@ -212,7 +212,7 @@ Exits 0 when every image is complete, 1 otherwise.`,
 			}
 			refs := args
 			if list != "" {
-				more, err := imgReadList(cmd.InOrStdin(), list)
+				more, err := readRefList(cmd.InOrStdin(), list)
 				if err != nil {
 					return err
 				}
@@ -261,13 +261,14 @@ Exits 0 when every image is complete, 1 otherwise.`,
 	return cmd
 }
 
-// imgReadList reads references from path (or stdin for "-").
-func imgReadList(stdin io.Reader, path string) ([]string, error) {
+// readRefList reads image references from path ("-": stdin), one per
+// line; blank lines and # comments are skipped.
+func readRefList(stdin io.Reader, path string) ([]string, error) {
 	r := stdin
 	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
-			return nil, fmt.Errorf("image list: %w", err)
+			return nil, fmt.Errorf("reference list: %w", err)
 		}
 		defer f.Close()
 		r = f
@@ -275,13 +276,13 @@ func imgReadList(stdin io.Reader, path string) ([]string, error) {
 	var refs []string
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line != "" && !strings.HasPrefix(line, "#") {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		if line = strings.TrimSpace(line); line != "" {
 			refs = append(refs, line)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("image list %s: %w", path, err)
+		return nil, fmt.Errorf("reference list %s: %w", path, err)
 	}
 	return refs, nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -48,7 +47,7 @@ the devices that failed or did not finish within --timeout.
 REF is [registry/]repo[:tag][@digest]; without a registry it names the
 node's default upstream (nginx:1.27 is docker.io/library/nginx:1.27 there).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.prefetch(cmd.Context(), f, args)
+			return c.prefetch(cmd.Context(), cmd.InOrStdin(), f, args)
 		},
 	}
 	fs := cmd.Flags()
@@ -65,10 +64,10 @@ node's default upstream (nginx:1.27 is docker.io/library/nginx:1.27 there).`,
 
 // prefetch makes the order and follows it until every selected device is
 // done with it, or the timeout.
-func (c *cli) prefetch(ctx context.Context, f prefetchFlags, args []string) error {
+func (c *cli) prefetch(ctx context.Context, stdin io.Reader, f prefetchFlags, args []string) error {
 	refs := append([]string(nil), args...)
 	if f.file != "" {
-		more, err := readRefs(f.file)
+		more, err := readRefList(stdin, f.file)
 		if err != nil {
 			return err
 		}
@@ -276,32 +275,6 @@ func canRedraw(w io.Writer) bool {
 	}
 	null, err := os.Stat(os.DevNull)
 	return err != nil || !os.SameFile(fi, null)
-}
-
-// readRefs reads references from path ("-": stdin), one per line; blank
-// lines and # comments are skipped.
-func readRefs(path string) ([]string, error) {
-	var r io.Reader = os.Stdin
-	if path != "-" {
-		f, err := os.Open(path)
-		if err != nil {
-			return nil, fmt.Errorf("reference list: %w", err)
-		}
-		defer f.Close()
-		r = f
-	}
-	var refs []string
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		line, _, _ := strings.Cut(sc.Text(), "#")
-		if line = strings.TrimSpace(line); line != "" {
-			refs = append(refs, line)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reference list %s: %w", path, err)
-	}
-	return refs, nil
 }
 
 func parseSelect(ss []string) (map[string]string, error) {
