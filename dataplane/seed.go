@@ -17,10 +17,11 @@ import (
 // timeline of 10 nodes showed 266 pieces sent by the seed for 193 distinct
 // ones, its peers picking the same "rarest" piece from stale piece maps. So
 // a seed sends a piece to one member at a time (BitTorrent's super-seeding
-// has the same aim): a second member asking for it while it is on its way,
-// or within pieceSentHold after, is told so and takes it from the first
-// one (or another piece from the seed). After the hold anyone gets it
-// again: a member that received it and vanished costs that much.
+// has the same aim): a second member asking for it while it is on its way
+// (for pieceSentHold at most), or within pieceSentHold after, is told so and
+// takes it from the first one (or another piece from the seed). After the
+// hold anyone gets it again: a member that received it and vanished, or
+// receives it slowly, costs that much.
 
 // pieceSentHold is how long after a seed sent a piece it refuses it to
 // other members: time for the piece to reach its receiver and for the
@@ -44,8 +45,9 @@ type pieceRef struct {
 }
 
 type pieceSend struct {
-	to     string
-	active int       // transfers of the piece to `to` under way
+	to     string    // the member it went to last
+	start  time.Time // when it started going to `to`
+	active int       // transfers of the piece under way
 	until  time.Time // end of the hold after the last one finished
 }
 
@@ -60,7 +62,9 @@ type pieceSends struct {
 const maxPieceSends = 4096
 
 // begin reports whether piece ref may go to requester to now, and counts
-// the transfer. end must follow a true answer.
+// the transfer. end must follow a true answer. It is refused when it went
+// to another member less than pieceSentHold ago, or is still on its way to
+// it and started less than pieceSentHold ago.
 func (p *pieceSends) begin(ref pieceRef, to string, now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -68,11 +72,13 @@ func (p *pieceSends) begin(ref pieceRef, to string, now time.Time) bool {
 		p.m = map[pieceRef]pieceSend{}
 	}
 	rec, ok := p.m[ref]
-	if ok && rec.to != to && (rec.active > 0 || now.Before(rec.until)) {
+	// A transfer under way holds the piece for pieceSentHold at most: a
+	// member on a slow link must not hold it from the others for long.
+	if ok && rec.to != to && ((rec.active > 0 && now.Sub(rec.start) < pieceSentHold) || now.Before(rec.until)) {
 		return false
 	}
-	if !ok || rec.to != to {
-		rec = pieceSend{to: to}
+	if rec.to != to {
+		rec.to, rec.start = to, now
 	}
 	rec.active++
 	p.m[ref] = rec
@@ -94,7 +100,7 @@ func (p *pieceSends) end(ref pieceRef, now time.Time) {
 	if !ok {
 		return
 	}
-	rec.active--
+	rec.active = max(rec.active-1, 0)
 	rec.until = now.Add(pieceSentHold)
 	p.m[ref] = rec
 }

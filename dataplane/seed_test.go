@@ -127,8 +127,38 @@ func TestPieceSendsStayBounded(t *testing.T) {
 		p.end(ref, now)
 		now = now.Add(pieceSentHold)
 	}
-	if p.begin(busy, "b", now) {
-		t.Fatal("a piece on its way to a was given to b")
+	if rec, ok := p.m[busy]; !ok || rec.active != 1 || rec.to != "a" {
+		t.Fatalf("the transfer under way was dropped from the table: %+v", rec)
+	}
+}
+
+// A member on a slow link holds a piece from the others for pieceSentHold
+// at most, however long its own transfer takes.
+func TestPieceSendToASlowMemberHoldsItOnlySoLong(t *testing.T) {
+	t.Parallel()
+	var p pieceSends
+	t0 := time.Unix(1e9, 0)
+	ref := pieceRef{i: 7}
+	if !p.begin(ref, "slow", t0) {
+		t.Fatal("first request refused")
+	}
+	if p.begin(ref, "b", t0.Add(pieceSentHold-time.Millisecond)) {
+		t.Fatal("b got the piece while it was on its way to slow, within the hold")
+	}
+	later := t0.Add(pieceSentHold + time.Millisecond)
+	if !p.begin(ref, "b", later) {
+		t.Fatal("b refused the piece while slow still received it after the hold")
+	}
+	if p.begin(ref, "c", later) {
+		t.Fatal("c got the piece just given to b")
+	}
+	p.end(ref, later.Add(time.Second)) // slow done
+	p.end(ref, later.Add(2*time.Second))
+	if p.begin(ref, "c", later.Add(2*time.Second+pieceSentHold-time.Millisecond)) {
+		t.Fatal("c got the piece within the hold after b's transfer ended")
+	}
+	if !p.begin(ref, "c", later.Add(2*time.Second+pieceSentHold)) {
+		t.Fatal("c refused the piece after the hold")
 	}
 }
 
