@@ -3,6 +3,7 @@ package dataplane
 import (
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -146,7 +147,7 @@ func (s *server) sendOnce(w http.ResponseWriter, r *http.Request, d digest.Diges
 	if !s.sent.begin(ref, requester(r), s.now()) {
 		s.m.piecesRefused.Inc()
 		w.Header().Set(pieceSentHeader, "1")
-		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Retry-After", strconv.Itoa(int(pieceSentHold/time.Second)))
 		fail(w, http.StatusServiceUnavailable, "piece just sent to another member: get it from the fleet")
 		return nil
 	}

@@ -2,9 +2,12 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -72,6 +75,12 @@ func TestSeedSendsAPieceToOneMemberAtATime(t *testing.T) {
 	if !errors.Is(err, ErrPieceSent) || !errors.Is(err, ErrBusy) {
 		t.Fatalf("another member asks for piece 0 just sent: %v, want ErrPieceSent (an ErrBusy)", err)
 	}
+	res := raw(t, "GET", srv.URL+BlobPath+d.String(), "Range", fmt.Sprintf("bytes=0-%d", piece.Size-1), RequesterHeader, "12D3KooWMemberC")
+	if res.status != http.StatusServiceUnavailable || res.header.Get(pieceSentHeader) == "" ||
+		res.header.Get("Retry-After") != "3" || !strings.Contains(string(res.body), `"error":`) {
+		t.Fatalf("raw refusal: status %d, headers %v, body %s; want 503 with %s, Retry-After 3 and a JSON error",
+			res.status, res.header, res.body, pieceSentHeader)
+	}
 	if err := get(a, 0, piece.Size); err != nil {
 		t.Fatalf("the member that got piece 0 asks again (a retry): %v", err)
 	}
@@ -98,8 +107,8 @@ func TestSeedSendsAPieceToOneMemberAtATime(t *testing.T) {
 	if err := get(b, 0, piece.Size); err != nil {
 		t.Fatalf("piece 0 after the hold: %v", err)
 	}
-	if got := counter(t, newMetricsFrom(t, f).piecesRefused); got != 3 {
-		t.Errorf("pieces refused metric = %v, want 3", got)
+	if got := counter(t, newMetricsFrom(t, f).piecesRefused); got != 4 {
+		t.Errorf("pieces refused metric = %v, want 4", got)
 	}
 }
 
