@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,7 +34,10 @@ type member struct {
 	plane   *httptest.Server
 	cut     atomic.Int64 // !=0: the data plane dies after sending this many more body bytes
 	corrupt atomic.Bool  // the data plane flips the first byte of every blob body write
-	reg     *prometheus.Registry
+	// lateUntil (unix ns): piece-map polls are held until then (a member
+	// too loaded to answer).
+	lateUntil atomic.Int64
+	reg       *prometheus.Registry
 }
 
 // newFleet starts size nodes sharing one MemoryNetwork; o (may be nil) is
@@ -80,6 +84,9 @@ func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*no
 			}
 			if m.corrupt.Load() {
 				w = &flipper{ResponseWriter: w}
+			}
+			if until := time.Unix(0, m.lateUntil.Load()); strings.HasPrefix(r.URL.Path, dataplane.PiecesPath) && time.Now().Before(until) {
+				time.Sleep(time.Until(until))
 			}
 			plane.ServeHTTP(w, r)
 		}))
@@ -456,6 +463,36 @@ func TestSwarmSlowFetcherIsNotReplaced(t *testing.T) {
 	}
 	if g := o.gets(d); g != 1 {
 		t.Errorf("upstream served the blob %d times, want once", g)
+	}
+}
+
+// Two members too loaded to answer each other's first poll in time each
+// pass the other over and fetch the blob from upstream. Once they hear each
+// other, the one ranked second leaves upstream to the first: the upstream
+// sends the blob about once, not twice.
+func TestSwarmSecondFetcherYields(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 24<<20+9)
+	d, _ := layers[0].Digest()
+	dd, want := digest.Digest(d.String()), layerBytes(t, layers[0])
+	o.gate, o.gateAfter = make(chan struct{}), 1<<20+5 // each stream pauses after a piece
+	fleet := newRankedFleet(t, o, 2, func(opts *node.Options) { opts.LookupTimeout = 200 * time.Millisecond })
+	late := time.Now().Add(1500 * time.Millisecond) // past the 1 s the fleet waits for answers
+	for _, m := range fleet {
+		m.lateUntil.Store(late.UnixNano())
+	}
+	before := o.served.Load()
+	wait := readAtOnce(t.Context(), nodesOf(fleet), "team/app", dd, want)
+	time.Sleep(time.Until(late.Add(time.Second))) // both fetch; then they hear each other
+	if g := o.gets(d); g != 2 {
+		t.Fatalf("upstream asked %d times for the blob by two members that could not hear each other, want 2", g)
+	}
+	close(o.gate)
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if ratio := float64(o.served.Load()-before) / float64(len(want)); ratio > 1.5 {
+		t.Errorf("upstream sent %.2f times the blob to two fetchers that heard each other, want about once (at most 1.5)", ratio)
 	}
 }
 

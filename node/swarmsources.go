@@ -262,16 +262,21 @@ func (r *swarmRun) available() bool {
 // An unchanged holder answers a poll every pollEvery+pollWait, so lately is
 // two of those, or the stall timeout if longer. "" if none.
 func (r *swarmRun) fetcher() string {
-	lately := max(r.n.opts.StallTimeout, 2*(pollEvery+pollWait))
 	for _, s := range r.live() {
-		s.mu.Lock()
-		alive := !s.gone && s.fetching && time.Since(s.heard) < lately
-		s.mu.Unlock()
-		if alive {
+		if r.fetchingNow(s) {
 			return s.id
 		}
 	}
 	return ""
+}
+
+// fetchingNow reports whether s said it fetches the blob from upstream,
+// in an answer within the last two poll rounds (or the stall timeout).
+func (r *swarmRun) fetchingNow(s *peerSrc) bool {
+	lately := max(r.n.opts.StallTimeout, 2*(pollEvery+pollWait))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.gone && s.fetching && time.Since(s.heard) < lately
 }
 
 // drop stops using a source.

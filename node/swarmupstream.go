@@ -49,6 +49,16 @@ func (r *swarmRun) fromUpstream(ctx context.Context) {
 		return dead
 	}
 	for ctx.Err() == nil && !r.sw.complete() {
+		if id := r.outranked(); id != "" {
+			// Two fetchers: this node was chosen while the one ranked
+			// first answered late, and fetches for itself. This one yields;
+			// if the other fails, the fleet's takeover restarts it.
+			r.n.log.Debug("swarm: a member ranked first fetches too; leaving upstream to it", "digest", r.dl.d, "member", id)
+			r.mu.Lock()
+			r.upStarted = false
+			r.mu.Unlock()
+			return
+		}
 		i := 0
 		changed := r.sw.changes()
 		if r.sw.knownSize() >= 0 {
@@ -130,6 +140,9 @@ func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
 			piece.Release(buf)
 		}
 		since = time.Now()
+		if r.outranked() != "" {
+			return nil // the loop above yields
+		}
 		next := r.sw.claimUpstream(i+1, r.heldElsewhere)
 		if next != i+1 {
 			if next >= 0 {
@@ -139,4 +152,31 @@ func (r *swarmRun) streamFrom(ctx context.Context, i int) error {
 		}
 		i = next
 	}
+}
+
+// outranked returns a member that fetches this blob from upstream too,
+// answered lately, and ranks before this node for it: "" if none. Two
+// fetchers happen when a loaded member answered after the fleet's wait and
+// was passed over while it fetched for itself; every node ranks the pair
+// the same way, so exactly one yields.
+func (r *swarmRun) outranked() string {
+	if r.n.members == nil {
+		return ""
+	}
+	var self Member
+	for _, m := range r.n.members.Members() {
+		if m.Self {
+			self = m
+			break
+		}
+	}
+	if self.ID == "" {
+		return ""
+	}
+	for _, s := range r.live() {
+		if s.id != self.ID && r.fetchingNow(s) && rank(r.dl.d, []Member{self, {ID: s.id}})[0].ID == s.id {
+			return s.id
+		}
+	}
+	return ""
 }
