@@ -25,11 +25,14 @@ func TestSwarmColdRollout(t *testing.T) {
 
 	// A lookup budget that a member's first answer meets even on two cores
 	// busy with the race detector and parallel tests: a member that does not
-	// answer within it is not asked to fetch, and another would be.
+	// answer within it is not asked to fetch, and another would be. With
+	// 3 s, CI once saw the first manifest take 3.3 s and two blobs fetched
+	// twice (each in under a second: too fast for the second fetcher to
+	// hear the first and yield).
 	const size = 6
 	nodes := startFleet(t, size, meshOptions{
 		upstream: []string{"--upstream", ns + "=" + up.URL(), "--restrict-upstreams"},
-		extra:    []string{"--lookup-timeout", "3s"},
+		extra:    []string{"--lookup-timeout", "6s"},
 	})
 	waitFleetSize(ctx, t, nodes, size, 60*time.Second)
 	before := up.proxy.Stats()
