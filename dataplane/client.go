@@ -231,7 +231,7 @@ func (c *Client) request(ctx context.Context, method, baseURL, path string) (*ht
 		return nil, fmt.Errorf("data plane request to %q: %w", baseURL, err)
 	}
 	if c.nodeID != unknownNode {
-		req.Header.Set(RequesterHeader, c.nodeID)
+		req.Header.Set(requesterHeader, c.nodeID)
 	}
 	if c.key != nil {
 		// The transport writes req.URL.RequestURI() as the request target;

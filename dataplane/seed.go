@@ -19,22 +19,22 @@ import (
 // ones, its peers picking the same "rarest" piece from stale piece maps. So
 // a seed sends a piece to one member at a time (BitTorrent's super-seeding
 // has the same aim): a second member asking for it while it is on its way
-// (for pieceSentHold at most), or within pieceSentHold after, is told so and
+// (for PieceSentHold at most), or within PieceSentHold after, is told so and
 // takes it from the first one (or another piece from the seed). After the
 // hold anyone gets it again: a member that received it and vanished, or
 // receives it slowly, costs that much.
 
-// pieceSentHold is how long after a seed sent a piece it refuses it to
+// PieceSentHold is how long after a seed sent a piece it refuses it to
 // other members: time for the piece to reach its receiver and for the
 // receiver's piece map to reach the others, on a loaded LAN. In the rollout
 // above a 1 s hold left 53 second sends, 3 s left 32, most of them asked
 // 1-3 s after the first send.
-const pieceSentHold = 3 * time.Second
+const PieceSentHold = 3 * time.Second
 
-// RequesterHeader names the node a data-plane request comes from: a seed
+// requesterHeader names the node a data-plane request comes from: a seed
 // sends each piece to one requester at a time. With a fleet key the same
 // ID is in the Authorization; it is a claim, used for scheduling only.
-const RequesterHeader = "Imgmesh-Node"
+const requesterHeader = "Imgmesh-Node"
 
 // pieceSentHeader marks a 503 that refuses a piece a seed just sent to
 // another member; older clients take it as busy.
@@ -64,8 +64,8 @@ const maxPieceSends = 4096
 
 // begin reports whether piece ref may go to requester to now, and counts
 // the transfer. end must follow a true answer. It is refused when it went
-// to another member less than pieceSentHold ago, or is still on its way to
-// it and started less than pieceSentHold ago.
+// to another member less than PieceSentHold ago, or is still on its way to
+// it and started less than PieceSentHold ago.
 func (p *pieceSends) begin(ref pieceRef, to string, now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -73,9 +73,9 @@ func (p *pieceSends) begin(ref pieceRef, to string, now time.Time) bool {
 		p.m = map[pieceRef]pieceSend{}
 	}
 	rec, ok := p.m[ref]
-	// A transfer under way holds the piece for pieceSentHold at most: a
+	// A transfer under way holds the piece for PieceSentHold at most: a
 	// member on a slow link must not hold it from the others for long.
-	if ok && rec.to != to && ((rec.active > 0 && now.Sub(rec.start) < pieceSentHold) || now.Before(rec.until)) {
+	if ok && rec.to != to && ((rec.active > 0 && now.Sub(rec.start) < PieceSentHold) || now.Before(rec.until)) {
 		return false
 	}
 	if rec.to != to {
@@ -102,13 +102,13 @@ func (p *pieceSends) end(ref pieceRef, now time.Time) {
 		return
 	}
 	rec.active = max(rec.active-1, 0)
-	rec.until = now.Add(pieceSentHold)
+	rec.until = now.Add(PieceSentHold)
 	p.m[ref] = rec
 }
 
-// requester names who sent r: its RequesterHeader, else its IP address.
+// requester names who sent r: its requesterHeader, else its IP address.
 func requester(r *http.Request) string {
-	if id := r.Header.Get(RequesterHeader); id != "" {
+	if id := r.Header.Get(requesterHeader); id != "" {
 		return id
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -147,7 +147,7 @@ func (s *server) sendOnce(w http.ResponseWriter, r *http.Request, d digest.Diges
 	if !s.sent.begin(ref, requester(r), s.now()) {
 		s.m.piecesRefused.Inc()
 		w.Header().Set(pieceSentHeader, "1")
-		w.Header().Set("Retry-After", strconv.Itoa(int(pieceSentHold/time.Second)))
+		w.Header().Set("Retry-After", strconv.Itoa(int(PieceSentHold/time.Second)))
 		fail(w, http.StatusServiceUnavailable, "piece just sent to another member: get it from the fleet")
 		return nil
 	}

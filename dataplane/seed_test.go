@@ -75,7 +75,7 @@ func TestSeedSendsAPieceToOneMemberAtATime(t *testing.T) {
 	if !errors.Is(err, ErrPieceSent) || !errors.Is(err, ErrBusy) {
 		t.Fatalf("another member asks for piece 0 just sent: %v, want ErrPieceSent (an ErrBusy)", err)
 	}
-	res := raw(t, "GET", srv.URL+BlobPath+d.String(), "Range", fmt.Sprintf("bytes=0-%d", piece.Size-1), RequesterHeader, "12D3KooWMemberC")
+	res := raw(t, "GET", srv.URL+BlobPath+d.String(), "Range", fmt.Sprintf("bytes=0-%d", piece.Size-1), requesterHeader, "12D3KooWMemberC")
 	if res.status != http.StatusServiceUnavailable || res.header.Get(pieceSentHeader) == "" ||
 		res.header.Get("Retry-After") != "3" || !strings.Contains(string(res.body), `"error":`) {
 		t.Fatalf("raw refusal: status %d, headers %v, body %s; want 503 with %s, Retry-After 3 and a JSON error",
@@ -99,7 +99,7 @@ func TestSeedSendsAPieceToOneMemberAtATime(t *testing.T) {
 	if err := get(b, 0, int64(len(blob))); err != nil {
 		t.Fatalf("the whole blob as one range: %v", err)
 	}
-	clk.add(pieceSentHold - time.Millisecond)
+	clk.add(PieceSentHold - time.Millisecond)
 	if err := get(b, 0, piece.Size); !errors.Is(err, ErrPieceSent) {
 		t.Fatalf("piece 0 just before the hold ends: %v, want ErrPieceSent", err)
 	}
@@ -122,7 +122,7 @@ func TestPieceSendsStayBounded(t *testing.T) {
 			t.Fatalf("piece %d refused to its first requester", i)
 		}
 		p.end(ref, now)
-		now = now.Add(pieceSentHold / maxPieceSends)
+		now = now.Add(PieceSentHold / maxPieceSends)
 	}
 	if n := len(p.m); n > maxPieceSends+1 {
 		t.Fatalf("%d pieces remembered, want at most %d", n, maxPieceSends+1)
@@ -134,14 +134,14 @@ func TestPieceSendsStayBounded(t *testing.T) {
 		ref := pieceRef{i: 1e6 + i}
 		p.begin(ref, "a", now)
 		p.end(ref, now)
-		now = now.Add(pieceSentHold)
+		now = now.Add(PieceSentHold)
 	}
 	if rec, ok := p.m[busy]; !ok || rec.active != 1 || rec.to != "a" {
 		t.Fatalf("the transfer under way was dropped from the table: %+v", rec)
 	}
 }
 
-// A member on a slow link holds a piece from the others for pieceSentHold
+// A member on a slow link holds a piece from the others for PieceSentHold
 // at most, however long its own transfer takes.
 func TestPieceSendToASlowMemberHoldsItOnlySoLong(t *testing.T) {
 	t.Parallel()
@@ -151,10 +151,10 @@ func TestPieceSendToASlowMemberHoldsItOnlySoLong(t *testing.T) {
 	if !p.begin(ref, "slow", t0) {
 		t.Fatal("first request refused")
 	}
-	if p.begin(ref, "b", t0.Add(pieceSentHold-time.Millisecond)) {
+	if p.begin(ref, "b", t0.Add(PieceSentHold-time.Millisecond)) {
 		t.Fatal("b got the piece while it was on its way to slow, within the hold")
 	}
-	later := t0.Add(pieceSentHold + time.Millisecond)
+	later := t0.Add(PieceSentHold + time.Millisecond)
 	if !p.begin(ref, "b", later) {
 		t.Fatal("b refused the piece while slow still received it after the hold")
 	}
@@ -163,10 +163,10 @@ func TestPieceSendToASlowMemberHoldsItOnlySoLong(t *testing.T) {
 	}
 	p.end(ref, later.Add(time.Second)) // slow done
 	p.end(ref, later.Add(2*time.Second))
-	if p.begin(ref, "c", later.Add(2*time.Second+pieceSentHold-time.Millisecond)) {
+	if p.begin(ref, "c", later.Add(2*time.Second+PieceSentHold-time.Millisecond)) {
 		t.Fatal("c got the piece within the hold after b's transfer ended")
 	}
-	if !p.begin(ref, "c", later.Add(2*time.Second+pieceSentHold)) {
+	if !p.begin(ref, "c", later.Add(2*time.Second+PieceSentHold)) {
 		t.Fatal("c refused the piece after the hold")
 	}
 }

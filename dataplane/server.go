@@ -180,13 +180,15 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request, ref string) {
 		return
 	}
 	defer b.Close()
-	if size, err := b.Seek(0, io.SeekEnd); err == nil {
-		if _, err = b.Seek(0, io.SeekStart); err == nil {
-			done := s.sendOnce(w, r, d, size) // this node is a seed of d
-			if done == nil {
-				return
+	if r.Method == http.MethodGet && r.Header.Get("Range") != "" { // maybe a swarm piece
+		if size, err := b.Seek(0, io.SeekEnd); err == nil {
+			if _, err = b.Seek(0, io.SeekStart); err == nil {
+				done := s.sendOnce(w, r, d, size) // this node is a seed of d
+				if done == nil {
+					return
+				}
+				defer done()
 			}
-			defer done()
 		}
 	}
 	h := w.Header()

@@ -403,17 +403,7 @@ func TestCorruptingPeerIsDroppedAndItsPiecesFetchedElsewhere(t *testing.T) {
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("pull from a corrupting peer: %v, correct bytes %v", err, bytes.Equal(got, want))
 		}
-		// The last byte is released once the digest matched; the commit
-		// (fsync, rename) may still be running.
-		var err2 error
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			if _, err2 = fleet[1].store.Stat(ctx, dd); err2 == nil {
-				break
-			}
-		}
-		if err2 != nil {
-			t.Fatalf("the verified blob was not stored: %v", err2)
-		}
+		waitStored(t, fleet[1].store, dd)
 	})
 }
 

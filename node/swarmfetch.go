@@ -27,9 +27,6 @@ const (
 	relookupEvery = 500 * time.Millisecond
 	// swarmHolders is how many holders one lookup asks for.
 	swarmHolders = 16
-	// refusedFor is how long a seed that refused a piece (it had just sent
-	// it to another member) is not asked for it again: the seed's hold.
-	refusedFor = 3 * time.Second
 	// maxStrikes: a source whose piece requests failed this many times in
 	// a row is dropped.
 	maxStrikes = 3

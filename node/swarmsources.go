@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgmesh/imgmesh/dataplane"
 	"github.com/imgmesh/imgmesh/internal/piece"
 )
 
@@ -425,7 +426,7 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 			// Another member has it on its way: ask this seed for another
 			// piece now, and that member for this one once it holds it.
 			r.sw.release(i)
-			src.refuse(i, time.Now().Add(refusedFor))
+			src.refuse(i, time.Now().Add(dataplane.PieceSentHold)) // the seed's hold
 			continue
 		}
 		if errors.Is(err, errBusyPeer) {
