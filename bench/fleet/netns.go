@@ -74,37 +74,41 @@ func CheckNetns() error {
 // newLab builds the network for n devices; on error it removes what it
 // made. Namespaces left by earlier runs whose process is gone are removed
 // first.
-func newLab(ctx context.Context, n int, link, uplink float64) (l *lab, err error) {
+func newLab(ctx context.Context, n int, link, uplink float64) (*lab, error) {
 	removeStale()
-	l = &lab{link: link, uplink: uplink,
+	l := &lab{link: link, uplink: uplink,
 		run:    fmt.Sprintf("%s%d-%04x", nsPrefix, os.Getpid(), rand.IntN(1<<16)),
 		subnet: fmt.Sprintf("10.77.%d", rand.IntN(256))}
 	l.hub, l.up = l.run+"-hub", l.run+"-up"
-	defer func() {
-		if err != nil {
-			_, _ = l.close(false)
-		}
-	}()
-	if err := l.addNS(ctx, l.hub); err != nil {
+	if err := l.build(ctx, n); err != nil {
+		_, _ = l.close(false)
 		return nil, err
+	}
+	return l, nil
+}
+
+// build makes the hub, the upstream's namespace and n devices' namespaces.
+func (l *lab) build(ctx context.Context, n int) error {
+	if err := l.addNS(ctx, l.hub); err != nil {
+		return err
 	}
 	if err := runAll(ctx,
 		[]string{"ip", "-n", l.hub, "link", "add", "br0", "type", "bridge"},
 		[]string{"ip", "-n", l.hub, "link", "set", "br0", "up"}); err != nil {
-		return nil, err
+		return err
 	}
-	if err := l.plug(ctx, l.up, "vup", l.subnet+".254", uplink); err != nil {
-		return nil, err
+	if err := l.plug(ctx, l.up, "vup", l.subnet+".254", l.uplink); err != nil {
+		return err
 	}
 	for i := range n {
 		ns := fmt.Sprintf("%s-d%d", l.run, i+1)
-		if err := l.plug(ctx, ns, fmt.Sprintf("vd%d", i+1), fmt.Sprintf("%s.%d", l.subnet, i+1), link); err != nil {
-			return nil, err
+		l.devices = append(l.devices, ns) // before plug: close removes what plug half made
+		if err := l.plug(ctx, ns, fmt.Sprintf("vd%d", i+1), fmt.Sprintf("%s.%d", l.subnet, i+1), l.link); err != nil {
+			return err
 		}
-		l.devices = append(l.devices, ns)
 		l.clients = append(l.clients, &http.Client{Transport: newTransport(netnsDialer(ns))})
 	}
-	return l, nil
+	return nil
 }
 
 // addNS makes namespace ns with its loopback up.

@@ -217,3 +217,25 @@ func checkNoNamespaces(t *testing.T) {
 		}
 	}
 }
+
+// TestNewLabFailsCleanly: a network that cannot be built (interrupted at
+// once; as root also a device link tc refuses) is an error, not a crash,
+// and leaves no namespace behind.
+func TestNewLabFailsCleanly(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if l, err := newLab(ctx, 2, 1e6, 1e6); err == nil || l != nil {
+		t.Fatalf("newLab, interrupted: %v, %v; want an error and no lab", l, err)
+	}
+	checkNoNamespaces(t)
+	if err := CheckNetns(); err != nil {
+		t.Skipf("skipping the half-built network: %v", err)
+	}
+	// The hub and the upstream's namespace are made, then the first device's
+	// tbf fails: tc takes no rate of 0.
+	l, err := newLab(context.Background(), 2, 0, 1e6)
+	if err == nil || l != nil || !strings.Contains(err.Error(), "tbf") {
+		t.Fatalf("newLab, device rate 0: %v, %v; want tc's error and no lab", l, err)
+	}
+	checkNoNamespaces(t)
+}
