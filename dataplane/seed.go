@@ -22,7 +22,8 @@ import (
 // (for PieceSentHold at most), or within PieceSentHold after, is told so and
 // takes it from the first one (or another piece from the seed). After the
 // hold anyone gets it again: a member that received it and vanished, or
-// receives it slowly, costs that much.
+// receives it slowly, costs that much. A body that broke off reached nobody
+// and holds nothing.
 
 // PieceSentHold is how long after a seed sent a piece it refuses it to
 // other members: time for the piece to reach its receiver and for the
@@ -32,8 +33,9 @@ import (
 const PieceSentHold = 3 * time.Second
 
 // requesterHeader names the node a data-plane request comes from: a seed
-// sends each piece to one requester at a time. With a fleet key the same
-// ID is in the Authorization; it is a claim, used for scheduling only.
+// sends each piece to one requester at a time. With a fleet key the seed
+// takes the ID the request is signed for instead (any member could sign
+// for any ID: it is used for scheduling only).
 const requesterHeader = "Imgmesh-Node"
 
 // pieceSentHeader marks a 503 that refuses a piece a seed just sent to
@@ -54,12 +56,15 @@ type pieceSend struct {
 
 // pieceSends remembers the pieces a seed sent lately.
 type pieceSends struct {
-	mu sync.Mutex
-	m  map[pieceRef]pieceSend
+	mu        sync.Mutex
+	m         map[pieceRef]pieceSend
+	pruneOver int // prune when the table grows past this
 }
 
-// maxPieceSends bounds the pieces remembered; past it, entries whose hold
-// ended are dropped.
+// maxPieceSends is the table size past which entries whose hold ended are
+// dropped. If most are still held (a seed sending more than 4096 pieces in
+// PieceSentHold, 11 Gbit/s), the next prune waits until the table doubles:
+// the table stays within twice what is held, at O(1) amortized cost.
 const maxPieceSends = 4096
 
 // begin reports whether piece ref may go to requester to now, and counts
@@ -78,23 +83,26 @@ func (p *pieceSends) begin(ref pieceRef, to string, now time.Time) bool {
 	if ok && rec.to != to && ((rec.active > 0 && now.Sub(rec.start) < PieceSentHold) || now.Before(rec.until)) {
 		return false
 	}
-	if rec.to != to {
-		rec.to, rec.start = to, now
+	if rec.to != to || rec.active == 0 {
+		rec.to, rec.start = to, now // a new transfer: the hold counts from now
 	}
 	rec.active++
 	p.m[ref] = rec
-	if len(p.m) > maxPieceSends {
+	if len(p.m) > max(p.pruneOver, maxPieceSends) {
 		for k, r := range p.m {
 			if r.active == 0 && !now.Before(r.until) {
 				delete(p.m, k)
 			}
 		}
+		p.pruneOver = 2 * len(p.m)
 	}
 	return true
 }
 
-// end closes a transfer begun with begin.
-func (p *pieceSends) end(ref pieceRef, now time.Time) {
+// end closes a transfer begun with begin. A piece sent whole is held for
+// PieceSentHold; one whose body broke off reached nobody, so unless
+// another transfer of it is under way, any member may have it at once.
+func (p *pieceSends) end(ref pieceRef, now time.Time, sent bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	rec, ok := p.m[ref]
@@ -102,12 +110,25 @@ func (p *pieceSends) end(ref pieceRef, now time.Time) {
 		return
 	}
 	rec.active = max(rec.active-1, 0)
-	rec.until = now.Add(PieceSentHold)
+	switch {
+	case sent:
+		rec.until = now.Add(PieceSentHold)
+	case rec.active == 0:
+		rec.until = time.Time{}
+	}
 	p.m[ref] = rec
 }
 
-// requester names who sent r: its requesterHeader, else its IP address.
+// signedBy is the context key of the node ID a request's Authorization
+// was signed for.
+type signedBy struct{}
+
+// requester names who sent r: the node ID it was signed for, else its
+// requesterHeader, else its IP address.
 func requester(r *http.Request) string {
+	if id, _ := r.Context().Value(signedBy{}).(string); id != "" {
+		return id
+	}
 	if id := r.Header.Get(requesterHeader); id != "" {
 		return id
 	}
@@ -135,13 +156,14 @@ func onePiece(r *http.Request, size int64) (int, bool) {
 	return i, true
 }
 
-// sendOnce admits a seed's transfer of one piece: it returns a func to call
-// when the body is sent, or, having answered 503 with pieceSentHeader, nil.
-// Requests that are not one piece pass with a no-op.
-func (s *server) sendOnce(w http.ResponseWriter, r *http.Request, d digest.Digest, size int64) func() {
+// sendOnce admits a seed's transfer of one piece. It returns the writer to
+// send the body through and a func to call when the handler is done, or,
+// having answered 503 with pieceSentHeader, a nil func. Requests that are
+// not one piece pass unchanged, with a no-op.
+func (s *server) sendOnce(w http.ResponseWriter, r *http.Request, d digest.Digest, size int64) (http.ResponseWriter, func()) {
 	i, ok := onePiece(r, size)
 	if !ok {
-		return func() {}
+		return w, func() {}
 	}
 	ref := pieceRef{d, i}
 	if !s.sent.begin(ref, requester(r), s.now()) {
@@ -149,7 +171,21 @@ func (s *server) sendOnce(w http.ResponseWriter, r *http.Request, d digest.Diges
 		w.Header().Set(pieceSentHeader, "1")
 		w.Header().Set("Retry-After", strconv.Itoa(int(PieceSentHold/time.Second)))
 		fail(w, http.StatusServiceUnavailable, "piece just sent to another member: get it from the fleet")
-		return nil
+		return w, nil
 	}
-	return func() { s.sent.end(ref, s.now()) }
+	off, end := piece.Bounds(i, size)
+	cw := &countingWriter{ResponseWriter: w}
+	return cw, func() { s.sent.end(ref, s.now(), cw.n == end-off) }
+}
+
+// countingWriter counts the body bytes written through it.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
 }

@@ -1,18 +1,16 @@
 package dataplane
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/imgmesh/imgmesh/internal/piece"
 )
@@ -121,11 +119,13 @@ func TestPieceSendsStayBounded(t *testing.T) {
 		if !p.begin(ref, "a", now) {
 			t.Fatalf("piece %d refused to its first requester", i)
 		}
-		p.end(ref, now)
+		p.end(ref, now, true)
 		now = now.Add(PieceSentHold / maxPieceSends)
 	}
-	if n := len(p.m); n > maxPieceSends+1 {
-		t.Fatalf("%d pieces remembered, want at most %d", n, maxPieceSends+1)
+	// About maxPieceSends are held at any time; the table stays within
+	// twice that.
+	if n := len(p.m); n > 2*maxPieceSends+2 {
+		t.Fatalf("%d pieces remembered, want at most %d", n, 2*maxPieceSends+2)
 	}
 	// A transfer under way is never forgotten, however old.
 	busy := pieceRef{i: -1}
@@ -133,7 +133,7 @@ func TestPieceSendsStayBounded(t *testing.T) {
 	for i := range 2 * maxPieceSends {
 		ref := pieceRef{i: 1e6 + i}
 		p.begin(ref, "a", now)
-		p.end(ref, now)
+		p.end(ref, now, true)
 		now = now.Add(PieceSentHold)
 	}
 	if rec, ok := p.m[busy]; !ok || rec.active != 1 || rec.to != "a" {
@@ -161,8 +161,8 @@ func TestPieceSendToASlowMemberHoldsItOnlySoLong(t *testing.T) {
 	if p.begin(ref, "c", later) {
 		t.Fatal("c got the piece just given to b")
 	}
-	p.end(ref, later.Add(time.Second)) // slow done
-	p.end(ref, later.Add(2*time.Second))
+	p.end(ref, later.Add(time.Second), true) // slow done
+	p.end(ref, later.Add(2*time.Second), true)
 	if p.begin(ref, "c", later.Add(2*time.Second+PieceSentHold-time.Millisecond)) {
 		t.Fatal("c got the piece within the hold after b's transfer ended")
 	}
@@ -171,37 +171,143 @@ func TestPieceSendToASlowMemberHoldsItOnlySoLong(t *testing.T) {
 	}
 }
 
-func TestListenLimitsUnsentBytes(t *testing.T) {
+// TestPieceSendThatBrokeOffIsNotHeld: a body cut short reached nobody, so
+// the piece is not held from the others, unless another transfer of it
+// runs; a member asking again starts a new hold.
+func TestPieceSendThatBrokeOffIsNotHeld(t *testing.T) {
 	t.Parallel()
-	ln, err := Listen("127.0.0.1:0")
+	var p pieceSends
+	t0 := time.Unix(1e9, 0)
+	ref := pieceRef{i: 1}
+	if !p.begin(ref, "a", t0) {
+		t.Fatal("first request refused")
+	}
+	p.end(ref, t0.Add(100*time.Millisecond), false) // a went away mid-body
+	if !p.begin(ref, "b", t0.Add(110*time.Millisecond)) {
+		t.Fatal("a piece that reached nobody is held from the next member")
+	}
+	p.end(ref, t0.Add(time.Second), true)
+
+	// a asks twice (a retry); the first body breaks, the second goes on.
+	ref = pieceRef{i: 2}
+	p.begin(ref, "a", t0)
+	p.begin(ref, "a", t0.Add(10*time.Millisecond))
+	p.end(ref, t0.Add(20*time.Millisecond), false)
+	if p.begin(ref, "b", t0.Add(30*time.Millisecond)) {
+		t.Fatal("b admitted while a's second transfer of the piece runs")
+	}
+
+	// a gets the piece again a minute later: that transfer holds it anew.
+	ref = pieceRef{i: 3}
+	p.begin(ref, "a", t0)
+	p.end(ref, t0.Add(time.Second), true)
+	later := t0.Add(time.Minute)
+	if !p.begin(ref, "a", later) {
+		t.Fatal("a refused after the hold")
+	}
+	if p.begin(ref, "b", later.Add(10*time.Millisecond)) {
+		t.Fatal("b admitted 10 ms into a's new transfer")
+	}
+}
+
+// TestSeedFreesAPieceWhoseBodyBrokeOff: over HTTP, a member that drops a
+// piece's body halfway does not keep the others from it.
+func TestSeedFreesAPieceWhoseBodyBrokeOff(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, nil)
+	blob := randomBytes(t, 2*piece.Size)
+	d := f.put(t, blob)
+	h := NewServer(ServerOptions{Store: f.store, Throttle: func(ctx context.Context, w io.Writer) io.Writer {
+		return slowWriter{ctx: ctx, w: w} // 64 KiB per 20 ms: a piece takes 0.3 s
+	}})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	a := NewClient(ClientOptions{NodeID: "12D3KooWMemberA"})
+	b := NewClient(ClientOptions{NodeID: "12D3KooWMemberB"})
+	t.Cleanup(a.CloseIdleConnections)
+	t.Cleanup(b.CloseIdleConnections)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	body, err := a.Range(ctx, srv.URL, d, 0, piece.Size)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		c, err := net.Dial("tcp", ln.Addr().String())
+	if _, err := io.ReadFull(body, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // a goes away mid-piece
+	body.Close()
+	// The server notices at its next write; b then gets the piece whole,
+	// well before a hold would have ended.
+	deadline := time.Now().Add(PieceSentHold / 2)
+	for {
+		body, err := b.Range(t.Context(), srv.URL, d, 0, piece.Size)
 		if err == nil {
-			defer c.Close()
-			_, _ = c.Read(make([]byte, 1))
+			got, rerr := io.ReadAll(body)
+			body.Close()
+			if rerr != nil || string(got) != string(blob[:piece.Size]) {
+				t.Fatalf("b read %d bytes: %v", len(got), rerr)
+			}
+			return
 		}
-	}()
-	c, err := ln.Accept()
+		if !errors.Is(err, ErrPieceSent) || time.Now().After(deadline) {
+			t.Fatalf("b: %v; want the piece once a's body broke off", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// slowWriter writes at most 64 KiB per 20 ms.
+type slowWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (s slowWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), 64<<10)
+		select {
+		case <-s.ctx.Done():
+			return n, s.ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		m, err := s.w.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// TestSeedTakesTheSignedRequester: with a fleet key, a seed knows a member
+// by the node ID its request is signed for, not by the Imgmesh-Node header.
+func TestSeedTakesTheSignedRequester(t *testing.T) {
+	t.Parallel()
+	key := dataPlaneKey(t)
+	f := newFixture(t, key)
+	d := f.put(t, randomBytes(t, piece.Size+10))
+	a := NewClient(ClientOptions{Key: key, NodeID: "12D3KooWMemberA"})
+	t.Cleanup(a.CloseIdleConnections)
+	body, err := a.Range(t.Context(), f.srv.URL, d, 0, piece.Size)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	rc, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
+	_, _ = io.Copy(io.Discard, body)
+	body.Close()
+	// B signs as B but names itself A: still B, so refused.
+	uri := BlobPath + d.String()
+	res := raw(t, "GET", f.srv.URL+uri, "Range", fmt.Sprintf("bytes=0-%d", piece.Size-1),
+		"Authorization", authorization(key, "12D3KooWMemberB", "GET", uri, time.Now()),
+		requesterHeader, "12D3KooWMemberA")
+	if res.status != http.StatusServiceUnavailable || res.header.Get(pieceSentHeader) == "" {
+		t.Fatalf("B naming itself A: status %d (%d bytes); want 503 with %s", res.status, len(res.body), pieceSentHeader)
 	}
-	var got int
-	var gerr error
-	if err := rc.Control(func(fd uintptr) {
-		got, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
-	}); err != nil || gerr != nil {
-		t.Fatal(err, gerr)
+	// A itself may ask again (a retry).
+	if body, err = a.Range(t.Context(), f.srv.URL, d, 0, piece.Size); err != nil {
+		t.Fatalf("A again: %v", err)
 	}
-	if got != unsentLowWater {
-		t.Fatalf("TCP_NOTSENT_LOWAT = %d, want %d", got, unsentLowWater)
-	}
+	body.Close()
 }

@@ -107,13 +107,15 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request) string {
 	// Authenticate first: without the key nothing is revealed, not even
 	// whether a path is well-formed.
 	if s.key != nil {
-		if _, err := checkAuthorization(s.key, r.Header.Get("Authorization"), r.Method, r.RequestURI, s.now()); err != nil {
+		id, err := checkAuthorization(s.key, r.Header.Get("Authorization"), r.Method, r.RequestURI, s.now())
+		if err != nil {
 			s.log.LogAttrs(r.Context(), slog.LevelDebug, "data plane: unauthorized request",
 				slog.String("remote", r.RemoteAddr), slog.String("method", r.Method))
 			w.Header().Set("WWW-Authenticate", Scheme)
 			fail(w, http.StatusUnauthorized, "unauthorized")
 			return "unauthorized"
 		}
+		r = r.WithContext(context.WithValue(r.Context(), signedBy{}, id))
 	}
 	path := r.URL.Path
 	if rest, ok := strings.CutPrefix(path, FetchPath); ok && r.Method == http.MethodPost {
@@ -183,11 +185,12 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request, ref string) {
 	if r.Method == http.MethodGet && r.Header.Get("Range") != "" { // maybe a swarm piece
 		if size, err := b.Seek(0, io.SeekEnd); err == nil {
 			if _, err = b.Seek(0, io.SeekStart); err == nil {
-				done := s.sendOnce(w, r, d, size) // this node is a seed of d
+				sw, done := s.sendOnce(w, r, d, size) // this node is a seed of d
 				if done == nil {
 					return
 				}
 				defer done()
+				w = sw
 			}
 		}
 	}

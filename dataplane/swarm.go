@@ -99,11 +99,12 @@ func (s *server) partial(w http.ResponseWriter, r *http.Request, d digest.Digest
 		}
 	}
 	if st.Fetching { // this node brings d into the fleet from upstream
-		done := s.sendOnce(w, r, d, st.Size)
+		sw, done := s.sendOnce(w, r, d, st.Size)
 		if done == nil {
 			return true
 		}
 		defer done()
+		w = sw
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")

@@ -35,7 +35,7 @@ type swarm struct {
 	// origin: this node may fetch missing pieces from upstream (it ranked
 	// first, was asked by the fleet, or took over).
 	origin   bool
-	fetching bool      // the upstream fetcher runs
+	fetchers int       // upstream fetchers running (a yielding one may overlap its restart)
 	progress time.Time // when the last piece arrived
 	changed  chan struct{}
 	done     bool
@@ -314,7 +314,7 @@ func (s *swarm) state(from int) (piece.State, bool) {
 	if s.size < 0 || s.done {
 		return piece.State{}, false
 	}
-	st := piece.State{Size: s.size, Have: s.have.Clone(), From: min(from, s.count), Fetching: s.fetching}
+	st := piece.State{Size: s.size, Have: s.have.Clone(), From: min(from, s.count), Fetching: s.fetchers > 0}
 	if len(s.inflight) > 0 {
 		st.Asked = piece.NewSet(s.count)
 		for i := range s.inflight {
@@ -368,9 +368,14 @@ func (s *swarm) becomeOrigin() bool {
 	return !was
 }
 
+// setFetching counts an upstream fetcher in (on) or out.
 func (s *swarm) setFetching(on bool) {
 	s.mu.Lock()
-	s.fetching = on
+	if on {
+		s.fetchers++
+	} else {
+		s.fetchers--
+	}
 	s.notifyLocked()
 	s.mu.Unlock()
 }

@@ -398,8 +398,7 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 	defer r.wg.Done()
 	busy, strikes := 0, 0
 	for ctx.Err() == nil && !r.sw.complete() {
-		gone, has := src.offer()
-		if gone {
+		if src.isGone() {
 			return
 		}
 		// A slot of the node's piece downloads first: a few pieces at a
@@ -408,6 +407,13 @@ func (r *swarmRun) work(ctx context.Context, src *peerSrc) {
 		select {
 		case r.n.pieceSlots <- struct{}{}:
 		case <-ctx.Done():
+			return
+		}
+		// What the source offers now, not before the wait for a slot: a
+		// sibling worker may have been refused a piece meanwhile.
+		gone, has := src.offer()
+		if gone {
+			<-r.n.pieceSlots
 			return
 		}
 		changed := r.sw.changes()
