@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -310,4 +311,41 @@ func TestSeedTakesTheSignedRequester(t *testing.T) {
 		t.Fatalf("A again: %v", err)
 	}
 	body.Close()
+}
+
+// TestSmallBodiesTakeNoUploadSlot: with every upload slot busy, a manifest
+// or config sized blob is still served; a big one is refused as busy.
+func TestSmallBodiesTakeNoUploadSlot(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, nil)
+	big := f.put(t, randomBytes(t, 2*piece.Size))
+	big2 := f.put(t, randomBytes(t, unsentLowWater+1))
+	small := randomBytes(t, unsentLowWater)
+	smallD := f.put(t, small)
+	srv := httptest.NewServer(NewServer(ServerOptions{Store: f.store, UploadSlots: 1,
+		Throttle: func(ctx context.Context, w io.Writer) io.Writer { return slowWriter{ctx: ctx, w: w} }}))
+	t.Cleanup(srv.Close)
+	c := NewClient(ClientOptions{})
+	t.Cleanup(c.CloseIdleConnections)
+
+	busy, _, err := c.Blob(t.Context(), srv.URL, big, 0) // holds the one slot for 0.6 s
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if _, err := io.ReadFull(busy, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	body, _, err := c.Blob(t.Context(), srv.URL, smallD, 0)
+	if err != nil {
+		t.Fatalf("small blob while the slot is busy: %v", err)
+	}
+	got, err := io.ReadAll(body)
+	body.Close()
+	if err != nil || !bytes.Equal(got, small) {
+		t.Fatalf("small blob: %d bytes, %v", len(got), err)
+	}
+	if _, _, err := c.Blob(t.Context(), srv.URL, big2, 0); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a blob past the low-water mark while the slot is busy: %v, want ErrBusy", err)
+	}
 }

@@ -147,6 +147,16 @@ func (s *server) serve(w http.ResponseWriter, r *http.Request) string {
 	return "other"
 }
 
+// small reports whether d is a stored blob no bigger than the data plane's
+// unsent low-water mark: a manifest, a config, a tiny layer. Its body goes
+// to the kernel in one write and would hold an upload slot for microseconds,
+// so it takes none: a seed whose slots are busy with layer pieces still
+// hands out the manifests and configs a pull needs first.
+func (s *server) small(ctx context.Context, d digest.Digest) bool {
+	info, err := s.store.Stat(ctx, d)
+	return err == nil && info.Size <= unsentLowWater
+}
+
 // blob serves GET and HEAD /blobs/<digest> from the local store.
 func (s *server) blob(w http.ResponseWriter, r *http.Request, ref string) {
 	d := digest.Digest(ref)
@@ -154,7 +164,7 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request, ref string) {
 		fail(w, http.StatusBadRequest, "invalid digest")
 		return
 	}
-	if r.Method == http.MethodGet {
+	if r.Method == http.MethodGet && !s.small(r.Context(), d) {
 		select {
 		case s.slots <- struct{}{}:
 			defer func() { <-s.slots }()
