@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -420,5 +422,77 @@ func TestNiceCeil(t *testing.T) {
 		if got := niceCeil(tt.in); got != tt.want {
 			t.Errorf("niceCeil(%v) = %v, want %v", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestSVGKeepsProjectionsOffTheAxis: a baseline projected to ten times the
+// other scenarios does not set the time axis; its line runs to the plot's
+// edge and ends in an arrow, and the others keep most of the width.
+func TestSVGKeepsProjectionsOffTheAxis(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	r := &Results{Mode: "netns", Network: "net", Nodes: 2, ImageBytes: 200e6, Layers: 4, LinkBits: 100e6, UplinkBits: 50e6}
+	r.Scenarios = []ScenarioResult{
+		{Name: Baseline, Pullers: 2, Bound: 32, CutAfter: 30, Projected: true, Devices: []NodeResult{
+			{Device: "device1", Seconds: f(330), Projected: true},
+			{Device: "device2", Seconds: f(335), Projected: true},
+		}},
+		{Name: Cold, Pullers: 2, Bound: 32, CutAfter: 128, Devices: []NodeResult{
+			{Device: "device1", Seconds: f(35)}, {Device: "device2", Seconds: f(35.3)},
+		}},
+		{Name: Warm, Pullers: 1, Bound: 16, CutAfter: 64, Devices: []NodeResult{{Device: "device2", Seconds: f(23.5)}}},
+	}
+	for i := range r.Scenarios {
+		r.Scenarios[i].summarize(r.ImageBytes)
+	}
+	var buf bytes.Buffer
+	if err := r.SVG(&buf); err != nil {
+		t.Fatal(err)
+	}
+	dec := xml.NewDecoder(&buf)
+	var xs [][]float64 // x of each polyline's points
+	arrows := 0
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("not well-formed XML: %v", err)
+		}
+		se, ok := tok.(xml.StartElement)
+		if !ok {
+			continue
+		}
+		for _, a := range se.Attr {
+			switch {
+			case se.Name.Local == "polyline" && a.Name.Local == "points":
+				var line []float64
+				for _, p := range strings.Fields(a.Value) {
+					var x, y float64
+					if _, err := fmt.Sscanf(p, "%g,%g", &x, &y); err != nil {
+						t.Fatalf("point %q: %v", p, err)
+					}
+					line = append(line, x)
+				}
+				xs = append(xs, line)
+			case se.Name.Local == "path" && a.Name.Local == "fill":
+				arrows++
+			}
+		}
+	}
+	if len(xs) != 3 || arrows != 1 {
+		t.Fatalf("%d curves, %d arrows; want 3 and the baseline's arrow", len(xs), arrows)
+	}
+	right := float64(marginL + innerW)
+	for i, line := range xs {
+		for _, x := range line {
+			if x < marginL || x > right+0.05 {
+				t.Errorf("curve %d: x %.1f outside the plot [%d, %.0f]", i, x, marginL, right)
+			}
+		}
+	}
+	// Warm ends at 23.5 s of an axis of 50 s: near the middle, not squeezed.
+	if end := slices.Max(xs[2]); end < marginL+0.4*innerW {
+		t.Errorf("warm ends at x %.1f, in the left 40%% of the plot", end)
 	}
 }

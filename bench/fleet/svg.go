@@ -64,13 +64,23 @@ func (r *Results) SVG(w io.Writer) error {
 		}
 		fmt.Fprintf(bw, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="%.1f,%.1f`, color, dash, x(0), y(0))
 		n := float64(max(s.Pullers, 1))
+		beyond := -1.0 // the fraction done where the line leaves the plot
 		for i, t := range times {
+			if t > xmax { // projected past the axis: the legend has the time
+				beyond = float64(i) / n
+				fmt.Fprintf(bw, " %.1f,%.1f", x(xmax), y(beyond))
+				break
+			}
 			fmt.Fprintf(bw, " %.1f,%.1f %.1f,%.1f", x(t), y(float64(i)/n), x(t), y(float64(i+1)/n))
 		}
-		if cut {
+		if cut && beyond < 0 {
 			fmt.Fprintf(bw, " %.1f,%.1f", x(s.CutAfter), y(float64(len(times))/n))
 		}
 		fmt.Fprintln(bw, `"/>`)
+		if beyond >= 0 {
+			ax, ay := x(xmax), y(beyond)
+			fmt.Fprintf(bw, `<path d="M%.1f %.1fl-9 -5v10z" fill="%s"/>`+"\n", ax, ay, color)
+		}
 		if cut {
 			cx, cy := x(s.CutAfter), y(float64(len(times))/n)
 			fmt.Fprintf(bw, `<path d="M%.1f %.1fl8 8m0 -8l-8 8" stroke="%s" stroke-width="2"/>`+"\n", cx-4, cy-4, color)
@@ -111,15 +121,17 @@ func (s ScenarioResult) legend() string {
 }
 
 // xExtent is the latest time the plot must show: completions, cuts, bounds.
+// A projected scenario counts up to its cut only: a baseline projected to
+// ten times the others would squeeze them into the plot's left edge.
 func (r *Results) xExtent() float64 {
 	m := 0.0
 	for _, s := range r.Scenarios {
 		m = max(m, s.Bound)
 		ts, cut := s.curve()
-		if len(ts) > 0 {
+		if len(ts) > 0 && !s.Projected {
 			m = max(m, ts[len(ts)-1])
 		}
-		if cut {
+		if cut || s.Projected {
 			m = max(m, s.CutAfter)
 		}
 	}
