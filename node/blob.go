@@ -40,7 +40,7 @@ func (n *Node) Blob(ctx context.Context, name Name, d digest.Digest, head bool) 
 		if onDisk {
 			kind = "local" // it was on local disk, verified, when this reader came
 		}
-		c := Content{Digest: d, Size: size, Source: kind}
+		c := Content{Digest: d, Size: size, Source: kind, Arriving: !onDisk}
 		if !head {
 			c.Body = n.track(d, &follower{ctx: ctx, dl: dl, store: n.store})
 		}

@@ -22,6 +22,9 @@ type follower struct {
 }
 
 func (f *follower) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	for {
 		s := f.dl.state()
 		switch {

@@ -544,3 +544,23 @@ func testLogger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// TestFleetFetchesAnEmptyBlob: a 0-byte blob (no pieces) comes from
+// upstream through a fleet node, then from that node with upstream down.
+func TestFleetFetchesAnEmptyBlob(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 0)
+	h, _ := layers[0].Digest()
+	d := digest.Digest(h.String())
+	fleet := newRankedFleet(t, o, 2)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	for i, m := range fleet {
+		got, _, err := readBlob(ctx, m.n, "team/app", d)
+		if err != nil || len(got) != 0 {
+			t.Fatalf("node %d: %d bytes, %v; want the empty blob", i, len(got), err)
+		}
+		waitStored(t, m.store, d)
+		o.down.Store(true) // the second node has only the first
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/imgmesh/imgmesh/blobstore"
 	"github.com/imgmesh/imgmesh/node"
+	"github.com/imgmesh/imgmesh/registryapi"
 	"github.com/imgmesh/imgmesh/upstream"
 )
 
@@ -298,5 +301,65 @@ func TestEmptyAnswerIsNotACompleteBlob(t *testing.T) {
 	}
 	if _, err := store.Stat(context.Background(), digest.Digest(d.String())); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Fatalf("store has the empty blob: %v", err)
+	}
+}
+
+// TestRangeOfABlobStillArrivingIsSentWhole: a client's range of a blob
+// the node is still fetching gets the whole blob (a server may ignore
+// Range), whose last byte waits for the digest: when the bytes turn out
+// wrong the client sees a cut connection, never a complete-looking 206.
+func TestRangeOfABlobStillArrivingIsSentWhole(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 2<<20)
+	h, _ := layers[0].Digest()
+	d := digest.Digest(h.String())
+	gate := make(chan struct{})
+	var open sync.Once
+	release := func() { open.Do(func() { close(gate) }) }
+	t.Cleanup(release) // before the origin closes: its handler waits at the gate
+	o.gate, o.gateAfter = gate, 1<<20
+	o.corrupt.Store(true)
+	n, store := newNode(t, o)
+	api := httptest.NewServer(registryapi.New(registryapi.Options{Source: n, Store: store}))
+	t.Cleanup(api.Close)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	// An empty read of a body still arriving returns at once.
+	c, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, d, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c.Body, make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan struct{})
+	go func() { _, _ = c.Body.Read(nil); close(read) }()
+	select {
+	case <-read:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read of an empty buffer hangs on a blob still arriving")
+	}
+	c.Body.Close()
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, api.URL+"/v2/team/app/blobs/"+d.String()+"?ns="+ns, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Range", "bytes=0-99")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("range of a blob still arriving: status %d, want 200 with the whole blob", resp.StatusCode)
+	}
+	release() // the rest arrives; the digest fails
+	if b, err := io.ReadAll(resp.Body); err == nil {
+		t.Fatalf("read %d bytes of a blob that failed verification without an error", len(b))
+	}
+	if _, err := store.Stat(ctx, d); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("the wrong blob is in the store: %v", err)
 	}
 }

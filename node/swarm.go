@@ -61,10 +61,10 @@ func (s *swarm) setSize(size int64) error {
 		}
 		return nil
 	}
-	if size <= 0 {
+	if size < 0 {
 		return fmt.Errorf("size %d", size)
 	}
-	s.size, s.count = size, piece.Count(size)
+	s.size, s.count = size, piece.Count(size) // 0 bytes: no pieces, complete at once
 	s.hashes = make([]piece.Hash, s.count)
 	s.known, s.have = piece.NewSet(s.count), piece.NewSet(s.count)
 	s.notifyLocked()

@@ -131,6 +131,9 @@ func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer,
 		}
 		waitChange(ctx, changed, 250*time.Millisecond)
 	}
+	if !sizeSet { // complete as soon as its size was known: a 0-byte blob
+		dl.setSize(r.sw.knownSize(), r.firstKind())
+	}
 	r.mu.Lock()
 	used := append([]string(nil), r.used...)
 	r.mu.Unlock()

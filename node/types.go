@@ -38,4 +38,7 @@ type Content struct {
 	Size   int64
 	Source string            // "local", "peer" or "upstream" (metrics label)
 	Body   io.ReadSeekCloser // nil for HEAD; an *os.File for local hits
+	// Arriving: Body follows a download still in progress, verified only
+	// as a whole; its last byte waits for the digest.
+	Arriving bool
 }

@@ -60,10 +60,14 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, rt route) {
 		}
 		// ServeContent re-parses Range: hand it exactly what was validated.
 		r.Header.Set("Range", formatRange(ranges))
-		if _, isFile := c.Body.(*os.File); len(ranges) > 1 && !isFile {
-			// A multipart answer is written from a goroutine that can outlive
-			// this handler; a body still arriving is sent whole instead
-			// (a server may ignore Range).
+		_, isFile := c.Body.(*os.File)
+		if (!isFile && len(ranges) > 1) || (c.Arriving && ranges[0].start+ranges[0].length < c.Size) {
+			// Sent whole instead (a server may ignore Range): a multipart
+			// answer is written from a goroutine that can outlive this
+			// handler; and a range of a blob still arriving that stops
+			// short of its end would be a complete-looking 206 of bytes not
+			// yet verified, where a whole body's last byte waits for the
+			// digest (a blob that fails ends in a cut connection).
 			r.Header.Del("Range")
 		}
 	}

@@ -172,7 +172,7 @@ type State struct {
 func (st State) Check() error {
 	n := Count(st.Size)
 	switch {
-	case st.Size <= 0:
+	case st.Size < 0:
 		return fmt.Errorf("piece state: size %d", st.Size)
 	case len(st.Have) > (n+63)/64 || len(st.Asked) > (n+63)/64:
 		return fmt.Errorf("piece state: %d and %d set words for %d pieces", len(st.Have), len(st.Asked), n)
