@@ -74,6 +74,10 @@ func (f *Files) indexOrphans(alg digest.Algorithm) (int, error) {
 	}
 	added := 0
 	for _, sub := range subs {
+		if !sub.IsDir() { // a .DS_Store, an editor's backup: not ours
+			f.log.Warn("ignoring stray file in blob store", "file", filepath.Join(root, sub.Name()))
+			continue
+		}
 		entries, err := os.ReadDir(filepath.Join(root, sub.Name()))
 		if err != nil {
 			return added, err

@@ -170,6 +170,11 @@ func TestFilesReconcile(t *testing.T) {
 		}
 	}
 
+	// A file where a blob directory belongs (a .DS_Store) is ignored too.
+	if err := os.WriteFile(filepath.Join(dir, "blobs", "sha256", ".DS_Store"), []byte("junk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	s = openFiles(t, dir)
 	storetest.WantNotFound(t, s, gone.Digest)
 	if linked, _ := s.Linked(ctx, "app", gone.Digest); linked {

@@ -230,14 +230,20 @@ func (f *Files) place(tmp string, d digest.Digest, size int64) error {
 	return f.ensureMeta(d, size)
 }
 
-// ensureMeta records d's metadata unless the index already has it.
+// ensureMeta records d's metadata, or, when the index has it already (the
+// same content committed again), counts the commit as a use.
 func (f *Files) ensureMeta(d digest.Digest, size int64) error {
 	err := f.db.Update(func(txn *badger.Txn) error {
-		if _, err := getMeta(txn, d); !errors.Is(err, ErrNotFound) {
+		now := f.now()
+		m, err := getMeta(txn, d)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			m = Meta{Size: size, Created: now}
+		case err != nil:
 			return err
 		}
-		now := f.now()
-		return putMeta(txn, d, Meta{Size: size, Created: now, Accessed: now})
+		m.Accessed = now
+		return putMeta(txn, d, m)
 	})
 	if err != nil {
 		return fmt.Errorf("index blob %s: %w", d, err)

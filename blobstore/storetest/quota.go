@@ -141,6 +141,12 @@ func testAccess(t *testing.T, s blobstore.Store) {
 		t.Fatal(err)
 	}
 	wantAccess(t, s, map[digest.Digest]time.Time{d2: t1.Add(time.Second)})
+
+	// Committing content the store has counts as a use (a push of a blob
+	// an old image held must not leave it first in line for eviction).
+	clock.advance(time.Hour)
+	Put(t, s, Blob(51, 400))
+	wantAccess(t, s, map[digest.Digest]time.Time{d2: clock.now()})
 }
 
 func wantAccess(t *testing.T, s blobstore.Store, want map[digest.Digest]time.Time) {
