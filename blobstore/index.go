@@ -311,12 +311,25 @@ func (f *Files) Tags(_ context.Context, repo string) ([]string, error) {
 
 // Untag removes repo:tag, or ErrNotFound.
 func (f *Files) Untag(_ context.Context, repo, tag string) error {
+	return f.untag(repo, tag, "")
+}
+
+// UntagIf removes repo:tag if it points at d, else ErrNotFound.
+func (f *Files) UntagIf(_ context.Context, repo, tag string, d digest.Digest) error {
+	return f.untag(repo, tag, d)
+}
+
+// untag removes repo:tag if it points at want ("": whatever it points at).
+func (f *Files) untag(repo, tag string, want digest.Digest) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.durable(func(txn *badger.Txn) error {
 		d, err := resolve(txn, repo, tag)
 		if err != nil {
 			return err
+		}
+		if want != "" && d != want {
+			return fmt.Errorf("tag %s:%s points at %s, not %s: %w", repo, tag, d, want, ErrNotFound)
 		}
 		return errors.Join(txn.Delete(key(kindTag, repo, tag)), txn.Delete(key(kindTagRev, string(d), repo, tag)))
 	})

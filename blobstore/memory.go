@@ -239,9 +239,18 @@ func (m *Memory) Tags(_ context.Context, repo string) ([]string, error) {
 }
 
 func (m *Memory) Untag(_ context.Context, repo, tag string) error {
+	return m.untag(repo, tag, "")
+}
+
+func (m *Memory) UntagIf(_ context.Context, repo, tag string, d digest.Digest) error {
+	return m.untag(repo, tag, d)
+}
+
+func (m *Memory) untag(repo, tag string, want digest.Digest) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.tags[repo][tag]; !ok {
+	t, ok := m.tags[repo][tag]
+	if !ok || (want != "" && t != want) {
 		return fmt.Errorf("tag %s:%s: %w", repo, tag, ErrNotFound)
 	}
 	delete(m.tags[repo], tag)

@@ -168,12 +168,28 @@ func (c *Catalog) evictUnits() ([]*evictUnit, map[digest.Digest]int) {
 }
 
 // removeUnit untags u's root, then deletes its blobs (manifests first) that
-// no other remaining unit holds and no pin protects.
+// no other remaining unit holds, no pin protects, and nobody used since the
+// snapshot c.
 func removeUnit(ctx context.Context, s Store, u *evictUnit, refs map[digest.Digest]int, pinned map[digest.Digest]bool, c *Catalog) (int, int64, error) {
+	repushed := false
 	for _, t := range u.tags {
-		if err := s.Untag(ctx, t.repo, t.tag); err != nil && !errors.Is(err, ErrNotFound) {
+		// Only while it names the image: a tag re-pushed since the
+		// snapshot stays.
+		err := s.UntagIf(ctx, t.repo, t.tag, u.root)
+		if errors.Is(err, ErrNotFound) {
+			if _, rerr := s.Resolve(ctx, t.repo, t.tag); rerr == nil {
+				repushed = true
+			}
+			continue
+		}
+		if err != nil {
 			return 0, 0, fmt.Errorf("evict: untag %s:%s: %w", t.repo, t.tag, err)
 		}
+	}
+	if repushed {
+		// The new image may share blobs the snapshot counted as this
+		// one's alone: the next pass sees both.
+		return 0, 0, nil
 	}
 	var n int
 	var bytes int64
@@ -181,6 +197,9 @@ func removeUnit(ctx context.Context, s Store, u *evictUnit, refs map[digest.Dige
 		refs[d]--
 		if refs[d] > 0 || pinned[d] {
 			continue
+		}
+		if at, err := s.LastAccess(ctx, d); err == nil && at.After(c.present[d].accessed) {
+			continue // committed or used again meanwhile (a push that shares it)
 		}
 		err := s.Delete(ctx, d)
 		if errors.Is(err, ErrNotFound) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -267,6 +268,11 @@ func (r *recorder) Untag(ctx context.Context, repo, tag string) error {
 	return r.Store.Untag(ctx, repo, tag)
 }
 
+func (r *recorder) UntagIf(ctx context.Context, repo, tag string, d digest.Digest) error {
+	r.calls = append(r.calls, "untag "+repo+":"+tag)
+	return r.Store.UntagIf(ctx, repo, tag, d)
+}
+
 // TestEvictThroughStore: eviction removes only through the store it was
 // given (so the node's announcing store withdraws it), tags first, then
 // manifests, then what they named.
@@ -417,4 +423,65 @@ func TestPinsAndAccessSurviveReopen(t *testing.T) {
 	if at, err := s.LastAccess(ctx, img.blobs[1]); err != nil || !at.Equal(touched) {
 		t.Errorf("LastAccess after reopen = %v, %v; want %v", at, err, touched)
 	}
+}
+
+// repusher pushes a new image (once) just as eviction starts untagging.
+type repusher struct {
+	blobstore.Store
+	once sync.Once
+	push func()
+}
+
+func (r *repusher) UntagIf(ctx context.Context, repo, tag string, d digest.Digest) error {
+	r.once.Do(r.push)
+	return r.Store.UntagIf(ctx, repo, tag, d)
+}
+
+func (r *repusher) Untag(ctx context.Context, repo, tag string) error {
+	r.once.Do(r.push)
+	return r.Store.Untag(ctx, repo, tag)
+}
+
+// TestEvictKeepsAnImagePushedMeanwhile: a tag re-pushed while eviction
+// removes its old image stays, with every blob of the new image, also the
+// config the two share.
+func TestEvictKeepsAnImagePushedMeanwhile(t *testing.T) {
+	stores(t, func(t *testing.T, s blobstore.Store, clock *testClock) {
+		old := putImage(t, s, "a", "latest", "amd64", storetest.Blob(41, 3000))
+		clock.t = clock.t.Add(time.Hour) // old enough to go first
+		var fresh testImage
+		r := &repusher{Store: s, push: func() {
+			clock.tick()
+			fresh = putImage(t, s, "a", "latest", "amd64", storetest.Blob(42, 3000))
+		}}
+		if _, err := blobstore.Evict(context.Background(), r, 0, nil); err != nil {
+			t.Fatal(err)
+		}
+		if fresh.manifest == "" {
+			t.Fatal("eviction untagged nothing")
+		}
+		wantWhole(t, s, fresh)
+		if fresh.blobs[0] != old.blobs[0] {
+			t.Fatalf("the two images do not share their config")
+		}
+	})
+}
+
+// TestRemoveAStaleTagKeepsTheImage: removing a tag that no longer names
+// the image (a repeated rm) leaves the image its other tag names.
+func TestRemoveAStaleTagKeepsTheImage(t *testing.T) {
+	stores(t, func(t *testing.T, s blobstore.Store, _ *testClock) {
+		ctx := context.Background()
+		img := putImage(t, s, "a", "v2", "amd64", storetest.Blob(43, 1000))
+		if err := s.Tag(ctx, "a", "v1", img.manifest); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			st, err := blobstore.RemoveImage(ctx, s, "a", "v1", img.manifest, nil)
+			if err != nil || st.Removed || st.Blobs != 0 {
+				t.Fatalf("rm a:v1 (%d): %+v, %v; want the tag only", i+1, st, err)
+			}
+		}
+		wantWhole(t, s, img)
+	})
 }

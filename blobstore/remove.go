@@ -37,19 +37,25 @@ func RemoveImage(ctx context.Context, s Store, repo, tag string, d digest.Digest
 	if err != nil {
 		return st, err
 	}
-	img, listed := c.Find(repo, d)
+	img, _ := c.Find(repo, d)
 	tags := []string{tag}
 	if tag == "" {
 		tags = img.Tags
 	}
 	for _, t := range tags {
-		if err := s.Untag(ctx, repo, t); err != nil && !errors.Is(err, ErrNotFound) {
+		// Only while it names d: a tag re-pushed meanwhile, or already
+		// removed, is not this image's.
+		err := s.UntagIf(ctx, repo, t, d)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
 			return st, fmt.Errorf("untag %s:%s: %w", repo, t, err)
 		}
 		st.Untagged = append(st.Untagged, t)
 	}
-	if listed && len(img.Tags) > len(tags) && tag != "" {
-		return st, nil // another tag of repo still names it
+	if named, err := tagged(ctx, s, repo, d); err != nil || named {
+		return st, err // another tag of repo still names it
 	}
 	st.Removed = true
 	// What every other image, and every other pin, still needs.
@@ -110,4 +116,18 @@ func RemoveImage(ctx context.Context, s Store, repo, tag string, d digest.Digest
 		st.Bytes += size
 	}
 	return st, nil
+}
+
+// tagged reports whether a tag of repo points at d now.
+func tagged(ctx context.Context, s Store, repo string, d digest.Digest) (bool, error) {
+	tags, err := s.Tags(ctx, repo)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range tags {
+		if at, err := s.Resolve(ctx, repo, t); err == nil && at == d {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -113,6 +113,9 @@ type Store interface {
 	Tags(ctx context.Context, repo string) ([]string, error)
 	// Untag removes repo:tag, or ErrNotFound.
 	Untag(ctx context.Context, repo, tag string) error
+	// UntagIf removes repo:tag if it points at manifest d, in one step;
+	// ErrNotFound if it is absent or points elsewhere (re-pushed meanwhile).
+	UntagIf(ctx context.Context, repo, tag string, d digest.Digest) error
 	// WalkTags calls fn for every tag of every repository until fn returns
 	// an error.
 	WalkTags(ctx context.Context, fn func(repo, tag string, d digest.Digest) error) error

@@ -72,6 +72,14 @@ func (s advertiser) Untag(ctx context.Context, repo, tag string) error {
 	return err
 }
 
+func (s advertiser) UntagIf(ctx context.Context, repo, tag string, d digest.Digest) error {
+	err := s.Store.UntagIf(ctx, repo, tag, d)
+	if err == nil {
+		s.a.remove(p2p.TagKey(repo, tag))
+	}
+	return err
+}
+
 func (s advertiser) Delete(ctx context.Context, d digest.Digest) error {
 	err := s.Store.Delete(ctx, d)
 	if err == nil {
