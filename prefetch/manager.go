@@ -219,10 +219,15 @@ type MemberStatus struct {
 	Name   string            `json:"name"`
 	Labels map[string]string `json:"labels,omitempty"`
 	Report *Report           `json:"report,omitempty"`
+	// Unreachable: the fleet no longer sees it alive (suspect, dead or
+	// gone) since it reported on the order.
+	Unreachable bool `json:"unreachable,omitempty"`
 }
 
 // Status is an order and the members it selects: alive members whose
-// labels match, with their reports.
+// labels match, and those that reported on it and are no longer alive (a
+// device that failed, or was pulling, and then dropped out is not done),
+// with their reports.
 type Status struct {
 	Order   Order          `json:"order"`
 	Members []MemberStatus `json:"members"`
@@ -249,11 +254,15 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, mem := range members {
-		if !mem.Alive || !o.Selects(mem.Labels) {
+		if !o.Selects(mem.Labels) {
 			continue
 		}
-		ms := MemberStatus{Name: mem.Name, Labels: mem.Labels}
-		if r, ok := m.t.report(id, mem.Name); ok {
+		r, reported := m.t.report(id, mem.Name)
+		if !mem.Alive && !reported {
+			continue // never took part
+		}
+		ms := MemberStatus{Name: mem.Name, Labels: mem.Labels, Unreachable: !mem.Alive}
+		if reported {
 			ms.Report = &r
 		}
 		st.Members = append(st.Members, ms)

@@ -91,6 +91,7 @@ type memFleet struct {
 }
 
 type fakeMember struct {
+	down   bool // suspect or dead to the fleet
 	name   string
 	labels map[string]string
 	m      *Manager
@@ -105,7 +106,7 @@ func (f *memFleet) list() []Member {
 	defer f.mu.Unlock()
 	var out []Member
 	for _, fm := range f.members {
-		out = append(out, Member{Name: fm.name, Labels: fm.labels, Alive: true})
+		out = append(out, Member{Name: fm.name, Labels: fm.labels, Alive: !fm.down})
 	}
 	return out
 }
@@ -332,4 +333,29 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestMemberThatFailedAndDroppedOutStaysInTheStatus: a device that failed
+// and then went suspect is still listed, failed and unreachable, so the
+// order does not look complete without it.
+func TestMemberThatFailedAndDroppedOutStaysInTheStatus(t *testing.T) {
+	f := newMemFleet()
+	a := f.join(t, "a", nil, "", &fakePuller{})
+	f.join(t, "b", nil, "", &fakePuller{missing: true})
+	o, err := a.m.Create(context.Background(), Request{Refs: []string{"app:v1"}, Timeout: "1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStates(t, a.m, o.ID, map[string]State{"a": Complete, "b": Failed})
+	f.mu.Lock()
+	f.members["b"].down = true
+	f.mu.Unlock()
+	st, err := a.m.Status(context.Background(), o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Members) != 2 || st.Members[1].Name != "b" || !st.Members[1].Unreachable ||
+		st.Members[1].Report == nil || st.Members[1].Report.State != Failed {
+		t.Fatalf("status after b dropped out: %+v; want a, and b failed and unreachable", st.Members)
+	}
 }

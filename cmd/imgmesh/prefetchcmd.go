@@ -172,6 +172,9 @@ func failureTable(w io.Writer, st prefetch.Status, deadline bool) {
 		if deadline && (r == nil || !r.Final()) {
 			state = "timed out (" + state + ")"
 		}
+		if m.Unreachable {
+			state += ", unreachable"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, state, progress, attempts, msg)
 	}
 	_ = tw.Flush()
