@@ -312,6 +312,30 @@ func TestImportSkipsMissingPlatform(t *testing.T) {
 	}
 }
 
+// TestImportRefusesAnIndexWithNoPlatform: an index none of whose
+// manifests the archive holds is refused, and no tag appears.
+func TestImportRefusesAnIndexWithNoPlatform(t *testing.T) {
+	t.Parallel()
+	idx := ociIndex(t)
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeLayout(t, nil, nil, idx, map[string]string{AnnotationImageName: "docker.io/library/multi:v1"})
+	for _, m := range im.Manifests {
+		if err := os.Remove(filepath.Join(dir, "blobs", "sha256", m.Digest.Hex)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tn := startTestNode(t)
+	if _, err := Import(t.Context(), dir, ImportOptions{Node: tn.url}); !errors.Is(err, ErrMissing) {
+		t.Fatalf("got %v, want ErrMissing", err)
+	}
+	if status, _, _ := tn.get(t, "docker.io", "library/multi", "manifests", "v1"); status != http.StatusNotFound {
+		t.Fatalf("tag visible: status %d", status)
+	}
+}
+
 // TestImportNodeDown: an unreachable node is a one-line error.
 func TestImportNodeDown(t *testing.T) {
 	t.Parallel()

@@ -63,6 +63,7 @@ func walk(root v1.Descriptor, get getter, present has) (*plan, error) {
 			if err != nil {
 				return fmt.Errorf("index %s: %w", desc.Digest, err)
 			}
+			kept := 0
 			for _, child := range idx.Manifests {
 				if present != nil && !present(child.Digest) {
 					p.skipped = append(p.skipped, child)
@@ -71,6 +72,11 @@ func walk(root v1.Descriptor, get getter, present has) (*plan, error) {
 				if err := visit(child, depth+1); err != nil {
 					return err
 				}
+				kept++
+			}
+			if kept == 0 && len(idx.Manifests) > 0 {
+				// A tag for it would serve an image no device can pull.
+				return fmt.Errorf("index %s: none of its %d manifests is in the archive: %w", desc.Digest, len(idx.Manifests), ErrMissing)
 			}
 		case desc.MediaType.IsSchema1():
 			return fmt.Errorf("manifest %s: Docker schema 1: %w", desc.Digest, ErrUnsupported)
