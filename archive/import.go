@@ -88,8 +88,25 @@ func Import(ctx context.Context, path string, opts ImportOptions) (_ *ImportResu
 	res := &ImportResult{Format: a.format}
 	plans := make([]*plan, len(a.roots))
 	counted := map[v1.Hash]bool{}
+	// Each manifest is read (and hashed) once for all images: an index.json
+	// naming one large manifest thousands of times must not hold thousands
+	// of copies.
+	read := map[v1.Hash][]byte{}
+	readOnce := func(d v1.Descriptor) ([]byte, error) {
+		if b, ok := read[d.Digest]; ok {
+			if int64(len(b)) != d.Size {
+				return nil, fmt.Errorf("%s: %d bytes, the archive's has %d: %w", d.Digest, d.Size, len(b), ErrDigest)
+			}
+			return b, nil
+		}
+		b, err := a.readBlob(d)
+		if err == nil {
+			read[d.Digest] = b
+		}
+		return b, err
+	}
 	for i, r := range a.roots {
-		p, err := walk(r.desc, func(d v1.Descriptor) ([]byte, error) { return a.readBlob(d) }, a.hasBlob)
+		p, err := walk(r.desc, readOnce, a.hasBlob)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
