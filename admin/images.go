@@ -251,6 +251,9 @@ type refsBody struct {
 
 func readRefs(r *http.Request) (refsBody, error) {
 	var b refsBody
+	if err := requireJSON(r); err != nil {
+		return b, &apiError{http.StatusUnsupportedMediaType, "UNSUPPORTED_MEDIA_TYPE", err.Error()}
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 4<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&b); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
 
 	"github.com/imgmesh/imgmesh/prefetch"
@@ -50,6 +51,10 @@ func PrefetchHandler(p Prefetcher, log *slog.Logger) http.Handler {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+PrefetchPath, func(w http.ResponseWriter, r *http.Request) {
+		if err := requireJSON(r); err != nil {
+			writeError(w, http.StatusUnsupportedMediaType, CodeOrderInvalid, err.Error())
+			return
+		}
 		var req prefetch.Request
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxPrefetchBody))
 		dec.DisallowUnknownFields()
@@ -102,4 +107,16 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(ErrorBody{Errors: []ErrorEntry{{Code: code, Message: msg}}})
+}
+
+// requireJSON refuses a body that is not declared JSON. A web page may send
+// a cross-site POST without asking first only as a form or text/plain: a
+// page open on the device must not remove, pin or roll out images through
+// a node on 127.0.0.1.
+func requireJSON(r *http.Request) error {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return fmt.Errorf("body of type %q: want application/json", r.Header.Get("Content-Type"))
+	}
+	return nil
 }

@@ -55,6 +55,19 @@ func TestPrefetchAPI(t *testing.T) {
 		return resp.StatusCode, b
 	}
 
+	// A form or text/plain POST (all a web page may send cross-site without
+	// asking) makes no order.
+	resp, err := http.Post(srv.URL+admin.PrefetchPath, "text/plain", strings.NewReader(`{"refs":["plant.local/app:v1"],"timeout":"1m"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var eb admin.ErrorBody
+	if resp.StatusCode != http.StatusUnsupportedMediaType || json.Unmarshal(b, &eb) != nil || len(eb.Errors) != 1 {
+		t.Fatalf("text/plain POST: %d %s; want 415 with a JSON error", resp.StatusCode, b)
+	}
+
 	code, body := post(`{"refs":["plant.local/app:v1"],"timeout":"1m"}`)
 	if code != http.StatusCreated {
 		t.Fatalf("POST: %d %s", code, body)
