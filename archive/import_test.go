@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bytes"
+	"compress/gzip"
 	"errors"
 	"net/http"
 	"os"
@@ -394,4 +395,35 @@ func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		c.mu.Unlock()
 	}
 	return c.next.RoundTrip(r)
+}
+
+// TestImportFolderStaysInside: a layer in a docker save folder that is a
+// symlink to a file outside the folder is not read, nor pushed.
+func TestImportFolderStaysInside(t *testing.T) {
+	t.Parallel()
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	if _, err := zw.Write([]byte("a file of the host, outside the folder")); err != nil {
+		t.Fatal(err)
+	}
+	zw.Close()
+	outside := filepath.Join(t.TempDir(), "secret.gz")
+	dir := t.TempDir()
+	cfg := `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:` + strings.Repeat("0", 64) + `"]}}`
+	for name, b := range map[string][]byte{outside: gz.Bytes(), filepath.Join(dir, "cfg.json"): []byte(cfg),
+		filepath.Join(dir, "manifest.json"): []byte(`[{"Config":"cfg.json","RepoTags":["example.com/x:1"],"Layers":["layer.tar.gz"]}]`)} {
+		if err := os.WriteFile(name, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "layer.tar.gz")); err != nil {
+		t.Fatal(err)
+	}
+	tn := startTestNode(t)
+	if _, err := Import(t.Context(), dir, ImportOptions{Node: tn.url}); err == nil {
+		t.Fatal("a folder whose layer links outside it was imported")
+	}
+	if tn.hasBlob(t, sha(gz.Bytes())) {
+		t.Fatal("the file outside the folder reached the node")
+	}
 }

@@ -32,7 +32,7 @@ type archive struct {
 	roots  []root
 	files  map[v1.Hash]string // blob -> path in fsys, where not blobs/<alg>/<hex>
 	made   map[v1.Hash][]byte // blobs made here (a docker-archive's manifests, configs)
-	closer io.Closer          // nil for a folder
+	closer io.Closer          // the tar, or the folder's os.Root
 }
 
 // root is an image the archive names at its top level.
@@ -50,7 +50,13 @@ func openArchive(p string) (_ *archive, err error) {
 	}
 	a := &archive{files: map[v1.Hash]string{}, made: map[v1.Hash][]byte{}}
 	if fi.IsDir() {
-		a.fsys = os.DirFS(p)
+		// Through an os.Root: a symlink in the folder cannot reach a file
+		// outside it (which the import would push into the fleet).
+		r, err := os.OpenRoot(p)
+		if err != nil {
+			return nil, err
+		}
+		a.fsys, a.closer = r.FS(), r
 	} else {
 		t, err := openTar(p)
 		if err != nil {
