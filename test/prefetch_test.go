@@ -97,9 +97,22 @@ func TestPrefetchRollsOutToFleet(t *testing.T) {
 	if !strings.Contains(out, "all 4 device(s) complete") {
 		t.Errorf("prefetch output does not say all 4 devices completed:\n%s", out)
 	}
+	// node4 hears every report by gossip, a moment after node1 may have:
+	// wait for its view to agree (a final report that missed its gossip
+	// comes with the next push/pull sync, within 30 s).
 	var st prefetchStatus
-	if err := nodes[3].getJSON(ctx, "/api/v1/prefetch/"+id, &st); err != nil {
-		t.Fatal(err)
+	for deadline := time.Now().Add(45 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err := nodes[3].getJSON(ctx, "/api/v1/prefetch/"+id, &st); err != nil {
+			t.Fatal(err)
+		}
+		all := true
+		for _, n := range nodes {
+			r := st.report(n.name)
+			all = all && r != nil && r.State == "complete"
+		}
+		if all || time.Now().After(deadline) {
+			break
+		}
 	}
 	for _, n := range nodes {
 		r := st.report(n.name)
