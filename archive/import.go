@@ -132,13 +132,22 @@ func Import(ctx context.Context, path string, opts ImportOptions) (_ *ImportResu
 	opts.Progress.SetTotal(res.Bytes)
 	im := &importer{a: a, c: c, prog: opts.Progress, credit: map[v1.Hash]int64{},
 		pushed: map[string]bool{}, where: map[string]name.Repository{}}
+	// Every image's content first, by digest; the tags only once all of it
+	// is in: an archive that fails halfway leaves no image tagged.
 	for i, p := range plans {
 		for _, t := range tgts[i] {
 			if err := im.push(ctx, p, t); err != nil {
 				return nil, fmt.Errorf("import %s: %w", t.name, err)
 			}
-			root := p.manifests[len(p.manifests)-1].desc
-			res.Images = append(res.Images, Image{Name: t.name, Digest: root.Digest, MediaType: root.MediaType})
+		}
+	}
+	for i, p := range plans {
+		for _, t := range tgts[i] {
+			root := p.manifests[len(p.manifests)-1]
+			if err := im.tag(ctx, t, root); err != nil {
+				return nil, fmt.Errorf("import %s: %w", t.name, err)
+			}
+			res.Images = append(res.Images, Image{Name: t.name, Digest: root.desc.Digest, MediaType: root.desc.MediaType})
 		}
 	}
 	opts.Progress.Finish()
@@ -195,23 +204,32 @@ func (im *importer) push(ctx context.Context, p *plan, t target) error {
 			im.where[t.ns+"|"+b.Digest.String()] = repo
 		}
 	}
-	for i, m := range p.manifests {
+	for _, m := range p.manifests {
 		key := t.ns + "|" + t.repo + "|" + m.desc.Digest.String()
-		last := i == len(p.manifests)-1
-		if im.pushed[key] && !last {
+		if im.pushed[key] {
 			continue
 		}
-		var ref name.Reference = repo.Digest(m.desc.Digest.String())
-		if last {
-			if ref, err = im.c.ref(t); err != nil {
-				return err
-			}
-		}
-		if err := pu.Put(ctx, ref, m); err != nil {
+		if err := pu.Put(ctx, repo.Digest(m.desc.Digest.String()), m); err != nil {
 			return fmt.Errorf("manifest %s: %w", m.desc.Digest, fromNode(err))
 		}
 		im.pushed[key] = true
 		im.count(m.desc.Digest, m.desc.Size, m.desc.Size)
+	}
+	return nil
+}
+
+// tag points t's name at root, pushed before by digest.
+func (im *importer) tag(ctx context.Context, t target, root manifest) error {
+	pu, err := im.c.pusher(ctx, t.ns)
+	if err != nil {
+		return err
+	}
+	ref, err := im.c.ref(t)
+	if err != nil {
+		return err
+	}
+	if err := pu.Put(ctx, ref, root); err != nil {
+		return fmt.Errorf("manifest %s: %w", root.desc.Digest, fromNode(err))
 	}
 	return nil
 }

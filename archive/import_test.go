@@ -3,6 +3,7 @@ package archive
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -425,5 +426,49 @@ func TestImportFolderStaysInside(t *testing.T) {
 	}
 	if tn.hasBlob(t, sha(gz.Bytes())) {
 		t.Fatal("the file outside the folder reached the node")
+	}
+}
+
+// TestImportFailureTagsNothing: in an archive of two images whose second
+// has a corrupt layer, the import fails and neither image is tagged.
+func TestImportFailureTagsNothing(t *testing.T) {
+	t.Parallel()
+	good, bad := ociImage(t, 1, 4<<10, "amd64"), ociImage(t, 1, 4<<10, "amd64")
+	dir := writeLayout(t, good, map[string]string{AnnotationImageName: "docker.io/library/good:v1"}, nil, nil)
+	other := writeLayout(t, bad, map[string]string{AnnotationImageName: "docker.io/library/bad:v1"}, nil, nil)
+	blobs, err := os.ReadDir(filepath.Join(other, "blobs", "sha256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range blobs {
+		b, err := os.ReadFile(filepath.Join(other, "blobs", "sha256", e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, filepath.Join(dir, "blobs", "sha256", e.Name()), b)
+	}
+	var idx, idx2 v1.IndexManifest
+	for p, into := range map[string]*v1.IndexManifest{dir: &idx, other: &idx2} {
+		b, err := os.ReadFile(filepath.Join(p, "index.json"))
+		if err != nil || json.Unmarshal(b, into) != nil {
+			t.Fatalf("index.json of %s: %v", p, err)
+		}
+	}
+	idx.Manifests = append(idx.Manifests, idx2.Manifests...)
+	b, err := json.Marshal(idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "index.json"), b)
+	corrupt(t, filepath.Join(dir, "blobs", "sha256", biggestLayer(t, bad).Digest.Hex))
+
+	tn := startTestNode(t)
+	if _, err := Import(t.Context(), dir, ImportOptions{Node: tn.url}); !errors.Is(err, ErrDigest) {
+		t.Fatalf("got %v, want ErrDigest", err)
+	}
+	for _, repo := range []string{"library/good", "library/bad"} {
+		if status, _, _ := tn.get(t, "docker.io", repo, "manifests", "v1"); status != http.StatusNotFound {
+			t.Errorf("%s:v1 tagged after a failed import: status %d", repo, status)
+		}
 	}
 }
