@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
 )
 
 // readDocker makes a manifest for each image of a `docker save` archive
@@ -90,7 +92,9 @@ func (a *archive) keep(b []byte, mt types.MediaType) v1.Descriptor {
 
 // dockerLayer describes layer file p. An uncompressed layer's digest is its
 // diff ID (checked when it is read to be pushed); a compressed one is
-// hashed here.
+// hashed here, and its uncompressed content checked against the diff ID
+// (what containerd checks when it unpacks the layer, too late for a line
+// cut off from the archive's source).
 func (a *archive) dockerLayer(p string, diffID v1.Hash) (v1.Descriptor, error) {
 	f, err := a.fsys.Open(p)
 	if err != nil {
@@ -114,9 +118,32 @@ func (a *archive) dockerLayer(p string, diffID v1.Hash) (v1.Descriptor, error) {
 		return v1.Descriptor{MediaType: types.OCIUncompressedLayer, Size: fi.Size(), Digest: diffID}, nil
 	}
 	h := sha256.New()
-	h.Write(magic[:n])
-	if _, err := io.Copy(h, f); err != nil {
+	src := io.TeeReader(io.MultiReader(bytes.NewReader(magic[:n]), f), h)
+	var dec io.Reader
+	if mt == types.OCILayer {
+		zr, err := gzip.NewReader(src)
+		if err != nil {
+			return v1.Descriptor{}, fmt.Errorf("layer %s: %v: %w", p, err, ErrDigest)
+		}
+		defer zr.Close()
+		dec = zr
+	} else {
+		zr, err := zstd.NewReader(src)
+		if err != nil {
+			return v1.Descriptor{}, fmt.Errorf("layer %s: %v: %w", p, err, ErrDigest)
+		}
+		defer zr.Close()
+		dec = zr
+	}
+	uh := sha256.New()
+	if _, err := io.Copy(uh, dec); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("layer %s: %v: %w", p, err, ErrDigest)
+	}
+	if _, err := io.Copy(io.Discard, src); err != nil { // what follows the stream is hashed too
 		return v1.Descriptor{}, err
+	}
+	if got := hex.EncodeToString(uh.Sum(nil)); diffID.Algorithm != "sha256" || got != diffID.Hex {
+		return v1.Descriptor{}, fmt.Errorf("layer %s: uncompressed sha256:%s, the config's diff ID is %s: %w", p, got, diffID, ErrDigest)
 	}
 	d := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
 	a.files[d] = p

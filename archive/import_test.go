@@ -472,3 +472,29 @@ func TestImportFailureTagsNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestImportChecksCompressedLayersAgainstDiffIDs: a compressed layer of a
+// docker save whose content is not what the config's diff ID says fails
+// the import, naming it; nothing is tagged.
+func TestImportChecksCompressedLayersAgainstDiffIDs(t *testing.T) {
+	t.Parallel()
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	if _, err := zw.Write([]byte("not the layer the config names")); err != nil {
+		t.Fatal(err)
+	}
+	zw.Close()
+	dir := t.TempDir()
+	cfg := `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:` + strings.Repeat("0", 64) + `"]}}`
+	write(t, filepath.Join(dir, "layer.tar.gz"), gz.Bytes())
+	write(t, filepath.Join(dir, "cfg.json"), []byte(cfg))
+	write(t, filepath.Join(dir, "manifest.json"), []byte(`[{"Config":"cfg.json","RepoTags":["example.com/x:1"],"Layers":["layer.tar.gz"]}]`))
+	tn := startTestNode(t)
+	_, err := Import(t.Context(), dir, ImportOptions{Node: tn.url})
+	if !errors.Is(err, ErrDigest) || !strings.Contains(err.Error(), "layer.tar.gz") {
+		t.Fatalf("got %v, want ErrDigest naming layer.tar.gz", err)
+	}
+	if status, _, _ := tn.get(t, "example.com", "x", "manifests", "1"); status != http.StatusNotFound {
+		t.Fatalf("tag visible: status %d", status)
+	}
+}
