@@ -119,22 +119,11 @@ func (a *archive) dockerLayer(p string, diffID v1.Hash) (v1.Descriptor, error) {
 	}
 	h := sha256.New()
 	src := io.TeeReader(io.MultiReader(bytes.NewReader(magic[:n]), f), h)
-	var dec io.Reader
-	if mt == types.OCILayer {
-		zr, err := gzip.NewReader(src)
-		if err != nil {
-			return v1.Descriptor{}, fmt.Errorf("layer %s: %v: %w", p, err, ErrDigest)
-		}
-		defer zr.Close()
-		dec = zr
-	} else {
-		zr, err := zstd.NewReader(src)
-		if err != nil {
-			return v1.Descriptor{}, fmt.Errorf("layer %s: %v: %w", p, err, ErrDigest)
-		}
-		defer zr.Close()
-		dec = zr
+	dec, err := decompress(mt, src)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("layer %s: %v: %w", p, err, ErrDigest)
 	}
+	defer dec.Close()
 	uh := sha256.New()
 	if _, err := io.Copy(uh, dec); err != nil {
 		return v1.Descriptor{}, fmt.Errorf("layer %s: %v: %w", p, err, ErrDigest)
@@ -148,4 +137,16 @@ func (a *archive) dockerLayer(p string, diffID v1.Hash) (v1.Descriptor, error) {
 	d := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
 	a.files[d] = p
 	return v1.Descriptor{MediaType: mt, Size: fi.Size(), Digest: d}, nil
+}
+
+// decompress reads a gzip (types.OCILayer) or zstd layer.
+func decompress(mt types.MediaType, r io.Reader) (io.ReadCloser, error) {
+	if mt == types.OCILayer {
+		return gzip.NewReader(r)
+	}
+	zr, err := zstd.NewReader(r)
+	if err != nil {
+		return nil, err
+	}
+	return zr.IOReadCloser(), nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/imgmesh/imgmesh/internal/httpx"
 	"github.com/imgmesh/imgmesh/internal/piece"
 )
 
@@ -174,18 +175,6 @@ func (s *server) sendOnce(w http.ResponseWriter, r *http.Request, d digest.Diges
 		return w, nil
 	}
 	off, end := piece.Bounds(i, size)
-	cw := &countingWriter{ResponseWriter: w}
-	return cw, func() { s.sent.end(ref, s.now(), cw.n == end-off) }
-}
-
-// countingWriter counts the body bytes written through it.
-type countingWriter struct {
-	http.ResponseWriter
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
-	return n, err
+	rec := httpx.NewRecorder(w) // counts the body, and keeps its 4 MiB block copy
+	return rec, func() { s.sent.end(ref, s.now(), rec.Written() == end-off) }
 }
