@@ -287,12 +287,7 @@ func TestImportBadInput(t *testing.T) {
 // digest, and the missing platform is reported.
 func TestImportSkipsMissingPlatform(t *testing.T) {
 	t.Parallel()
-	idx := ociIndex(t)
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := writeLayout(t, nil, nil, idx, map[string]string{AnnotationImageName: "docker.io/library/multi:v1"})
+	idx, im, dir := multiLayout(t)
 	arm := im.Manifests[1].Digest
 	if err := os.Remove(filepath.Join(dir, "blobs", "sha256", arm.Hex)); err != nil {
 		t.Fatal(err)
@@ -314,16 +309,23 @@ func TestImportSkipsMissingPlatform(t *testing.T) {
 	}
 }
 
-// TestImportRefusesAnIndexWithNoPlatform: an index none of whose
-// manifests the archive holds is refused, and no tag appears.
-func TestImportRefusesAnIndexWithNoPlatform(t *testing.T) {
-	t.Parallel()
+// multiLayout writes an OCI layout of a two-platform index named
+// docker.io/library/multi:v1.
+func multiLayout(t *testing.T) (v1.ImageIndex, *v1.IndexManifest, string) {
+	t.Helper()
 	idx := ociIndex(t)
 	im, err := idx.IndexManifest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := writeLayout(t, nil, nil, idx, map[string]string{AnnotationImageName: "docker.io/library/multi:v1"})
+	return idx, im, writeLayout(t, nil, nil, idx, map[string]string{AnnotationImageName: "docker.io/library/multi:v1"})
+}
+
+// TestImportRefusesAnIndexWithNoPlatform: an index none of whose
+// manifests the archive holds is refused, and no tag appears.
+func TestImportRefusesAnIndexWithNoPlatform(t *testing.T) {
+	t.Parallel()
+	_, im, dir := multiLayout(t)
 	for _, m := range im.Manifests {
 		if err := os.Remove(filepath.Join(dir, "blobs", "sha256", m.Digest.Hex)); err != nil {
 			t.Fatal(err)

@@ -44,10 +44,7 @@ func TestSeedSendsAPieceToOneMemberAtATime(t *testing.T) {
 	h.(*server).now = clk.now
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	a := NewClient(ClientOptions{NodeID: "12D3KooWMemberA"})
-	b := NewClient(ClientOptions{NodeID: "12D3KooWMemberB"})
-	t.Cleanup(a.CloseIdleConnections)
-	t.Cleanup(b.CloseIdleConnections)
+	a, b := twoMembers(t, nil)
 
 	get := func(c *Client, off, end int64) error {
 		t.Helper()
@@ -223,10 +220,7 @@ func TestSeedFreesAPieceWhoseBodyBrokeOff(t *testing.T) {
 	}})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	a := NewClient(ClientOptions{NodeID: "12D3KooWMemberA"})
-	b := NewClient(ClientOptions{NodeID: "12D3KooWMemberB"})
-	t.Cleanup(a.CloseIdleConnections)
-	t.Cleanup(b.CloseIdleConnections)
+	a, b := twoMembers(t, nil)
 
 	ctx, cancel := context.WithCancel(t.Context())
 	body, err := a.Range(ctx, srv.URL, d, 0, piece.Size)
@@ -290,8 +284,7 @@ func TestSeedTakesTheSignedRequester(t *testing.T) {
 	key := dataPlaneKey(t)
 	f := newFixture(t, key)
 	d := f.put(t, randomBytes(t, piece.Size+10))
-	a := NewClient(ClientOptions{Key: key, NodeID: "12D3KooWMemberA"})
-	t.Cleanup(a.CloseIdleConnections)
+	a, _ := twoMembers(t, key)
 	body, err := a.Range(t.Context(), f.srv.URL, d, 0, piece.Size)
 	if err != nil {
 		t.Fatal(err)
@@ -348,4 +341,14 @@ func TestSmallBodiesTakeNoUploadSlot(t *testing.T) {
 	if _, _, err := c.Blob(t.Context(), srv.URL, big2, 0); !errors.Is(err, ErrBusy) {
 		t.Fatalf("a blob past the low-water mark while the slot is busy: %v, want ErrBusy", err)
 	}
+}
+
+// twoMembers makes the clients of members A and B (with key, if any).
+func twoMembers(t *testing.T, key []byte) (a, b *Client) {
+	t.Helper()
+	a = NewClient(ClientOptions{Key: key, NodeID: "12D3KooWMemberA"})
+	b = NewClient(ClientOptions{Key: key, NodeID: "12D3KooWMemberB"})
+	t.Cleanup(a.CloseIdleConnections)
+	t.Cleanup(b.CloseIdleConnections)
+	return a, b
 }

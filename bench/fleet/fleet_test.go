@@ -389,16 +389,8 @@ func TestWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := 0
-	dec := xml.NewDecoder(bytes.NewReader(svg))
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("fleet.svg is not well-formed XML: %v", err)
-		}
-		if se, ok := tok.(xml.StartElement); ok && se.Name.Local == "polyline" {
+	for _, se := range svgElements(t, svg) {
+		if se.Name.Local == "polyline" {
 			lines++
 		}
 	}
@@ -448,21 +440,9 @@ func TestSVGKeepsProjectionsOffTheAxis(t *testing.T) {
 	if err := r.SVG(&buf); err != nil {
 		t.Fatal(err)
 	}
-	dec := xml.NewDecoder(&buf)
 	var xs [][]float64 // x of each polyline's points
 	arrows := 0
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("not well-formed XML: %v", err)
-		}
-		se, ok := tok.(xml.StartElement)
-		if !ok {
-			continue
-		}
+	for _, se := range svgElements(t, buf.Bytes()) {
 		for _, a := range se.Attr {
 			switch {
 			case se.Name.Local == "polyline" && a.Name.Local == "points":
@@ -494,5 +474,25 @@ func TestSVGKeepsProjectionsOffTheAxis(t *testing.T) {
 	// Warm ends at 23.5 s of an axis of 50 s: near the middle, not squeezed.
 	if end := slices.Max(xs[2]); end < marginL+0.4*innerW {
 		t.Errorf("warm ends at x %.1f, in the left 40%% of the plot", end)
+	}
+}
+
+// svgElements parses svg, failing unless it is well-formed XML, and returns
+// its elements in order.
+func svgElements(t *testing.T, svg []byte) []xml.StartElement {
+	t.Helper()
+	var out []xml.StartElement
+	dec := xml.NewDecoder(bytes.NewReader(svg))
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("fleet.svg is not well-formed XML: %v", err)
+		}
+		if se, ok := tok.(xml.StartElement); ok {
+			out = append(out, se.Copy())
+		}
 	}
 }
