@@ -76,7 +76,7 @@ func Import(ctx context.Context, path string, opts ImportOptions) (_ *ImportResu
 	if err := c.ping(ctx); err != nil {
 		return nil, err
 	}
-	a, err := openArchive(path)
+	a, err := openArchive(ctx, path)
 	if err != nil {
 		return nil, err
 	}

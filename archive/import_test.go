@@ -3,14 +3,17 @@ package archive
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -499,4 +502,53 @@ func TestImportChecksCompressedLayersAgainstDiffIDs(t *testing.T) {
 	if status, _, _ := tn.get(t, "example.com", "x", "manifests", "1"); status != http.StatusNotFound {
 		t.Fatalf("tag visible: status %d", status)
 	}
+}
+
+// TestDecompressStopsOnCancel: a Ctrl-C while a gzip-compressed archive is
+// decompressed stops it and leaves no temporary copy behind.
+func TestDecompressStopsOnCancel(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	gz := tarDir(t, writeLayout(t, ociImage(t, 2, 256<<10, "amd64"), nil, nil, nil), true)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if a, err := openArchive(ctx, gz); !errors.Is(err, context.Canceled) {
+		if err == nil {
+			a.close()
+		}
+		t.Fatalf("open a compressed archive after Ctrl-C: %v, want %v", err, context.Canceled)
+	}
+	left, _ := filepath.Glob(filepath.Join(tmp, "imgmesh-import-*"))
+	if len(left) > 0 {
+		t.Errorf("decompressed copies left behind: %v", left)
+	}
+	a, err := openArchive(t.Context(), gz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.close()
+}
+
+// TestImportNodeHangs: a node that answers the first request and then
+// never again fails the import with a one-line error, not a hang.
+func TestImportNodeHangs(t *testing.T) {
+	defer func(d time.Duration) { nodeResponseTimeout = d }(nodeResponseTimeout)
+	nodeResponseTimeout = 300 * time.Millisecond
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		<-release
+	}))
+	defer srv.Close()
+	defer close(release)
+	dir := writeLayout(t, ociImage(t, 1, 1<<10, "amd64"), map[string]string{AnnotationRefName: "docker.io/library/a:1"}, nil, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	_, err := Import(ctx, dir, ImportOptions{Node: srv.URL})
+	if err == nil || ctx.Err() != nil || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("import to a hung node: %v (context: %v), want a one-line error before the context ends", err, ctx.Err())
+	}
+	t.Logf("error: %v", err)
 }

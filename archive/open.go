@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,8 +43,8 @@ type root struct {
 }
 
 // openArchive opens a folder or a (gzip-compressed) tar and finds its
-// images.
-func openArchive(p string) (_ *archive, err error) {
+// images. ctx stops the decompression of a compressed tar.
+func openArchive(ctx context.Context, p string) (_ *archive, err error) {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return nil, err
@@ -58,7 +59,7 @@ func openArchive(p string) (_ *archive, err error) {
 		}
 		a.fsys, a.closer = r.FS(), r
 	} else {
-		t, err := openTar(p)
+		t, err := openTar(ctx, p)
 		if err != nil {
 			return nil, err
 		}

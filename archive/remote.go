@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -27,6 +28,12 @@ type nodeClient struct {
 	pullers map[string]*remote.Puller
 }
 
+// nodeResponseTimeout bounds the wait for a node's answer once a request is
+// sent: a node that accepts and then hangs fails the command instead of
+// holding it forever. A node streaming a blob it fetches itself answers
+// with the first bytes, so this is far longer than any healthy wait.
+var nodeResponseTimeout = 2 * time.Minute
+
 // newNodeClient parses the node's base URL: http or https, no path;
 // user:password@ in it become basic auth credentials.
 func newNodeClient(raw string, rt http.RoundTripper) (*nodeClient, error) {
@@ -47,7 +54,12 @@ func newNodeClient(raw string, rt http.RoundTripper) (*nodeClient, error) {
 		c.auth = &authn.Basic{Username: u.User.Username(), Password: pw}
 	}
 	if c.rt == nil {
-		c.rt = &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16, DisableCompression: true}
+		c.rt = &http.Transport{
+			Proxy: nil, MaxIdleConnsPerHost: 16, DisableCompression: true,
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ResponseHeaderTimeout: nodeResponseTimeout,
+		}
 	}
 	return c, nil
 }

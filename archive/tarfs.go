@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -32,8 +33,9 @@ type member struct {
 
 var _ fs.StatFS = (*tarFS)(nil)
 
-// openTar indexes the tar (or gzip-compressed tar) at p.
-func openTar(p string) (_ *tarFS, err error) {
+// openTar indexes the tar (or gzip-compressed tar) at p. When ctx ends
+// during decompression, the partial copy is removed and ctx's error returned.
+func openTar(ctx context.Context, p string) (_ *tarFS, err error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
@@ -46,7 +48,7 @@ func openTar(p string) (_ *tarFS, err error) {
 	}()
 	var magic [2]byte
 	if _, err := io.ReadFull(f, magic[:]); err == nil && magic == [2]byte{0x1f, 0x8b} {
-		if err := t.gunzip(); err != nil {
+		if err := t.gunzip(ctx); err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}
 	}
@@ -57,7 +59,7 @@ func openTar(p string) (_ *tarFS, err error) {
 }
 
 // gunzip replaces t.f by a decompressed temporary copy.
-func (t *tarFS) gunzip() error {
+func (t *tarFS) gunzip(ctx context.Context) error {
 	if _, err := t.f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
@@ -70,8 +72,11 @@ func (t *tarFS) gunzip() error {
 		return err
 	}
 	t.tmp = tmp.Name()
-	if _, err := io.Copy(tmp, zr); err != nil {
+	if _, err := io.Copy(tmp, ctxReader{ctx, zr}); err != nil {
 		tmp.Close()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return fmt.Errorf("decompress: %w", err)
 	}
 	if err := zr.Close(); err != nil {
@@ -81,6 +86,19 @@ func (t *tarFS) gunzip() error {
 	t.f.Close()
 	t.f = tmp
 	return nil
+}
+
+// ctxReader stops reading once ctx ends (a Ctrl-C during a long copy).
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // index reads every header once. An *os.File is an io.Seeker, so the tar

@@ -153,12 +153,23 @@ func (p *proc) stop(t *testing.T) error {
 	t.Helper()
 	if !p.exited() {
 		_ = syscall.Kill(-p.pid, syscall.SIGTERM)
+		start := time.Now()
 		select {
 		case <-p.done:
+			if took := time.Since(start); took > 3*time.Second {
+				t.Logf("%s (pid %d) took %s to stop on SIGTERM", p.name, p.pid, took.Round(time.Millisecond))
+			}
 		case <-time.After(10 * time.Second):
-			t.Errorf("%s (pid %d) ignored SIGTERM for 10s; killing it", p.name, p.pid)
-			_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-			<-p.done
+			// SIGQUIT makes a Go process print every goroutine's stack
+			// before it exits: the log then says where it was stuck.
+			_ = syscall.Kill(p.pid, syscall.SIGQUIT)
+			select {
+			case <-p.done:
+			case <-time.After(5 * time.Second):
+				_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+				<-p.done
+			}
+			t.Errorf("%s (pid %d) ignored SIGTERM for 10s; stopped it with SIGQUIT. Where it was:\n%s", p.name, p.pid, p.stuckAt())
 		}
 	}
 	// The group may hold children (containerd shims); make sure none stay.
@@ -187,6 +198,31 @@ func (p *proc) tail(n int) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// stuckAt returns the goroutine stacks a Go process printed on SIGQUIT,
+// only those running our own code, at most 16 KiB of them.
+func (p *proc) stuckAt() string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	_, dump, ok := strings.Cut(string(b), "SIGQUIT: quit")
+	if !ok {
+		return "(no goroutine dump in its log)"
+	}
+	var out strings.Builder
+	for _, g := range strings.Split(dump, "\n\n") {
+		if !strings.Contains(g, "github.com/imgmesh/imgmesh/") {
+			continue
+		}
+		if out.Len()+len(g) > 16<<10 {
+			out.WriteString("[more goroutines left out]\n")
+			break
+		}
+		out.WriteString(g + "\n\n")
+	}
+	return out.String()
 }
 
 // log returns the whole output so far.

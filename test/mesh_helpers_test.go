@@ -132,11 +132,15 @@ func stopTogether(t *testing.T, nodes ...*meshNode) {
 				_ = syscall.Kill(-n.proc.pid, syscall.SIGTERM)
 			}
 		}
+		start := time.Now()
 		deadline := time.NewTimer(15 * time.Second)
 		defer deadline.Stop()
 		for _, n := range nodes {
 			select {
 			case <-n.proc.done:
+				if took := time.Since(start); took > 3*time.Second {
+					t.Logf("%s (pid %d) took %s to stop on SIGTERM", n.name, n.proc.pid, took.Round(time.Millisecond))
+				}
 			case <-deadline.C:
 				return // the nodes' own cleanups report and kill the rest
 			}
