@@ -248,17 +248,49 @@ func (f *Fleet) BroadcastNamed(name string, msg []byte) error {
 		if m.Self || m.State == StateDead || m.State == StateLeft {
 			continue
 		}
-		host, port, err := splitHostPort(m.Addr)
-		if err != nil {
-			continue
-		}
-		to := &memberlist.Node{Name: m.Name, Addr: net.ParseIP(host), Port: uint16(port)}
-		if err := f.ml.SendReliable(to, msg); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", m.Name, err))
+		if err := f.sendTCP(m, msg); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {
 		f.log.Debug("broadcast not delivered to every member", "err", errors.Join(errs...))
+	}
+	return nil
+}
+
+// ErrNoMember: SendTo named no member that is alive (or suspect).
+var ErrNoMember = errors.New("discovery: no such member")
+
+// SendTo sends msg to one member over TCP, for news that must not depend
+// on gossip's luck (a final report to the member waiting for it). The
+// member's Channel.OnMessage receives it as it would a broadcast (once,
+// and it passes it on by gossip). It waits up to Timing.TCPTimeout.
+func (f *Fleet) SendTo(name string, msg []byte) error {
+	if len(msg) == 0 {
+		return ErrEmptyMessage
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return errClosed
+	}
+	for _, m := range f.Members() {
+		if m.Name == name && !m.Self && m.State != StateDead && m.State != StateLeft {
+			return f.sendTCP(m, msg)
+		}
+	}
+	return fmt.Errorf("%w: %q", ErrNoMember, name)
+}
+
+// sendTCP hands msg to memberlist's reliable (TCP) user-message path.
+func (f *Fleet) sendTCP(m Member, msg []byte) error {
+	host, port, err := splitHostPort(m.Addr)
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.Name, err)
+	}
+	to := &memberlist.Node{Name: m.Name, Addr: net.ParseIP(host), Port: uint16(port)}
+	if err := f.ml.SendReliable(to, msg); err != nil {
+		return fmt.Errorf("%s: %w", m.Name, err)
 	}
 	return nil
 }

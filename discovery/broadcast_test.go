@@ -174,3 +174,30 @@ func TestBroadcastNamedKeepsTheLatest(t *testing.T) {
 		t.Fatal("a replaced progress message was delivered")
 	}
 }
+
+func TestSendToReachesTheNamedMember(t *testing.T) {
+	t.Parallel()
+	var a, b inbox
+	fa := start(t, Options{Name: "a", Channel: a.channel()})
+	fb := start(t, Options{Name: "b", Join: []string{fa.Addr()}, Channel: b.channel()})
+	eventually(t, 20*time.Second, func() error { return seesAlive(fb, fa, fb) })
+	eventually(t, 20*time.Second, func() error { return seesAlive(fa, fa, fb) })
+
+	msg := []byte("final report")
+	if err := fa.SendTo("b", msg); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() error { return b.hasMessage(msg) })
+	if err := fa.SendTo("nobody", msg); !errors.Is(err, ErrNoMember) {
+		t.Errorf("SendTo an unknown member: %v, want ErrNoMember", err)
+	}
+	if err := fa.SendTo("a", msg); !errors.Is(err, ErrNoMember) {
+		t.Errorf("SendTo itself: %v, want ErrNoMember", err)
+	}
+	if err := fa.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fa.SendTo("b", msg); !errors.Is(err, errClosed) {
+		t.Errorf("SendTo after Close: %v, want errClosed", err)
+	}
+}

@@ -62,6 +62,10 @@ type Runtime struct {
 	// Broadcast gossips msg to the fleet; a message still queued under the
 	// same name (if not "") is replaced. nil: a lone node.
 	Broadcast func(name string, msg []byte) error
+	// SendTo sends msg to one member directly (not by gossip); nil: only
+	// Broadcast. A final report also goes this way to the member that
+	// accepted the order, which `imgmesh prefetch` is watching.
+	SendTo func(member string, msg []byte) error
 	// Members lists the fleet; nil: this node alone.
 	Members func() []Member
 	// DefaultRegistry is the registry a reference without one means (the

@@ -86,8 +86,9 @@ func (p *fakePinner) Pin(_ context.Context, d digest.Digest) error {
 // memFleet connects managers: a broadcast reaches every other started
 // member, as gossip would.
 type memFleet struct {
-	mu      sync.Mutex
-	members map[string]*fakeMember
+	mu       sync.Mutex
+	members  map[string]*fakeMember
+	lossyFor string // its broadcast final reports reach nobody (gossip that missed)
 }
 
 type fakeMember struct {
@@ -114,6 +115,13 @@ func (f *memFleet) list() []Member {
 func (f *memFleet) broadcast(from string) func(string, []byte) error {
 	return func(_ string, b []byte) error {
 		f.mu.Lock()
+		if from == f.lossyFor {
+			var msg message
+			if json.Unmarshal(b, &msg) == nil && msg.Report != nil && msg.Report.Final() {
+				f.mu.Unlock()
+				return nil
+			}
+		}
 		var to []*Manager
 		for name, fm := range f.members {
 			if name != from {
@@ -126,6 +134,18 @@ func (f *memFleet) broadcast(from string) func(string, []byte) error {
 		}
 		return nil
 	}
+}
+
+// sendTo delivers to one started member, never lost.
+func (f *memFleet) sendTo(member string, b []byte) error {
+	f.mu.Lock()
+	fm := f.members[member]
+	f.mu.Unlock()
+	if fm == nil {
+		return fmt.Errorf("no member %q", member)
+	}
+	fm.m.OnMessage(b)
+	return nil
 }
 
 func fastOptions(path string) Options {
@@ -144,7 +164,7 @@ func (f *memFleet) join(t *testing.T, name string, labels map[string]string, pat
 	f.members[name] = fm
 	f.mu.Unlock()
 	if err := m.Start(Runtime{Self: name, Labels: labels, Puller: p, Pinner: fm.pinner,
-		Broadcast: f.broadcast(name), Members: f.list, DefaultRegistry: "docker.io"}); err != nil {
+		Broadcast: f.broadcast(name), SendTo: f.sendTo, Members: f.list, DefaultRegistry: "docker.io"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.leave(t, name) })
@@ -357,5 +377,28 @@ func TestMemberThatFailedAndDroppedOutStaysInTheStatus(t *testing.T) {
 	if len(st.Members) != 2 || st.Members[1].Name != "b" || !st.Members[1].Unreachable ||
 		st.Members[1].Report == nil || st.Members[1].Report.State != Failed {
 		t.Fatalf("status after b dropped out: %+v; want a, and b failed and unreachable", st.Members)
+	}
+}
+
+// TestFinalReportReachesTheOriginWhenGossipMissesIt: b's final reports are
+// lost to gossip; the member that accepted the order (which `imgmesh
+// prefetch` watches) still learns them at once, the others do not.
+func TestFinalReportReachesTheOriginWhenGossipMissesIt(t *testing.T) {
+	f := newMemFleet()
+	f.lossyFor = "b"
+	a := f.join(t, "a", nil, "", &fakePuller{})
+	f.join(t, "b", nil, "", &fakePuller{})
+	c := f.join(t, "c", nil, "", &fakePuller{})
+	o, err := a.m.Create(context.Background(), Request{Refs: []string{"app:v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStates(t, a.m, o.ID, map[string]State{"a": Complete, "b": Complete, "c": Complete})
+	st, err := c.m.Status(context.Background(), o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(st.Members, func(m MemberStatus) bool { return m.Name == "b" }); i >= 0 && st.Members[i].Report != nil && st.Members[i].Report.State == Complete {
+		t.Errorf("c heard b's final report, which gossip lost: the fake fleet is not lossy")
 	}
 }

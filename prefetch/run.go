@@ -3,6 +3,7 @@ package prefetch
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -83,6 +84,7 @@ func (m *Manager) next() (Order, time.Duration, bool) {
 	m.mu.Unlock()
 	for i := range expired {
 		m.send(message{Report: &expired[i]})
+		m.tellOrigin(expired[i])
 	}
 	if len(expired) > 0 {
 		_ = m.save()
@@ -176,9 +178,33 @@ func (m *Manager) changeState(id string, update func(*Report)) {
 	delete(m.dirty, id)
 	m.mu.Unlock()
 	m.send(message{Report: &r})
+	m.tellOrigin(r)
 	if err := m.save(); err != nil {
 		m.log.Warn("write prefetch state", "err", err)
 	}
+}
+
+// tellOrigin sends a final report straight to the member that accepted the
+// order as well: gossip reaches every member in a few rounds, but a member
+// it misses hears only at the next push/pull (up to PushPullInterval), and
+// the command watching the order would wait that long. Called from the
+// executor, which holds m.wg, so Close waits for the send.
+func (m *Manager) tellOrigin(r Report) {
+	m.mu.Lock()
+	rt, o := m.rt, m.t.orders[r.Order]
+	m.mu.Unlock()
+	if !r.Final() || rt == nil || rt.SendTo == nil || o.Origin == "" || o.Origin == rt.Self {
+		return
+	}
+	b, err := json.Marshal(message{Report: &r})
+	if err != nil {
+		return
+	}
+	m.wg.Go(func() {
+		if err := rt.SendTo(o.Origin, b); err != nil {
+			m.log.Debug("final report not sent to the order's origin", "order", r.Order, "origin", o.Origin, "err", err)
+		}
+	})
 }
 
 // failed records a failed attempt and when the next one starts: with a

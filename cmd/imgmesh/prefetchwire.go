@@ -32,7 +32,7 @@ func startPrefetch(pf *prefetch.Manager, cfg Config, n *node.Node, store any, m 
 	}
 	if m != nil && m.fleet != nil {
 		f := m.fleet
-		rt.Self, rt.Broadcast = f.LocalName(), f.BroadcastNamed
+		rt.Self, rt.Broadcast, rt.SendTo = f.LocalName(), f.BroadcastNamed, f.SendTo
 		rt.Members = func() []prefetch.Member {
 			var out []prefetch.Member
 			for _, mem := range f.Members() {
