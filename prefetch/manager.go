@@ -189,11 +189,18 @@ func (m *Manager) Close() error {
 // returns), gossips it and starts it here if it selects this member.
 func (m *Manager) Create(ctx context.Context, r Request) (Order, error) {
 	m.mu.Lock()
-	if m.rt == nil {
-		m.mu.Unlock()
+	rt := m.rt
+	m.mu.Unlock()
+	if rt == nil {
 		return Order{}, errors.New("prefetch: not started")
 	}
-	o, err := newOrder(r, m.rt.Self, m.opts.Now())
+	members := m.members(rt) // not under m.mu: the fleet calls into m too
+	m.mu.Lock()
+	o, err := newOrder(r, rt.Self, m.opts.Now())
+	if err == nil {
+		o.Expected = expected(o, members)
+		err = o.validate()
+	}
 	if err == nil {
 		_, err = m.t.addOrder(o, m.opts.Now())
 	}
@@ -224,14 +231,14 @@ type MemberStatus struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	Report *Report           `json:"report,omitempty"`
 	// Unreachable: the fleet no longer sees it alive (suspect, dead or
-	// gone) since it reported on the order.
+	// gone), after it reported on the order or was expected to.
 	Unreachable bool `json:"unreachable,omitempty"`
 }
 
 // Status is an order and the members it selects: alive members whose
-// labels match, and those that reported on it and are no longer alive (a
-// device that failed, or was pulling, and then dropped out is not done),
-// with their reports.
+// labels match, and those that were expected (alive when the order was
+// accepted) or reported on it and are no longer alive (a device that
+// dropped out before it finished is not done), with their reports.
 type Status struct {
 	Order   Order          `json:"order"`
 	Members []MemberStatus `json:"members"`
@@ -246,23 +253,18 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 	if !ok {
 		return Status{}, fmt.Errorf("order %q: %w", id, ErrUnknownOrder)
 	}
-	var members []Member
-	switch {
-	case rt == nil:
-	case rt.Members != nil:
-		members = rt.Members()
-	default:
-		members = []Member{{Name: rt.Self, Labels: rt.Labels, Alive: true}}
-	}
+	members := m.members(rt)
 	st := Status{Order: o, Members: []MemberStatus{}}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	listed := map[string]bool{}
 	for _, mem := range members {
+		listed[mem.Name] = true // selected or not: the fleet knows it
 		if !o.Selects(mem.Labels) {
 			continue
 		}
 		r, reported := m.t.report(id, mem.Name)
-		if !mem.Alive && !reported {
+		if !mem.Alive && !reported && !slices.Contains(o.Expected, mem.Name) {
 			continue // never took part
 		}
 		ms := MemberStatus{Name: mem.Name, Labels: mem.Labels, Unreachable: !mem.Alive}
@@ -271,8 +273,49 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 		}
 		st.Members = append(st.Members, ms)
 	}
+	// Members the fleet has forgotten: expected ones, and any that
+	// reported (a late joiner), are still part of the order's outcome.
+	gone := slices.Clone(o.Expected)
+	for name := range m.t.reports[id] {
+		gone = append(gone, name)
+	}
+	for _, name := range gone {
+		if listed[name] {
+			continue
+		}
+		listed[name] = true
+		ms := MemberStatus{Name: name, Unreachable: true}
+		if r, ok := m.t.report(id, name); ok {
+			ms.Report = &r
+		}
+		st.Members = append(st.Members, ms)
+	}
 	slices.SortFunc(st.Members, func(a, b MemberStatus) int { return cmp.Compare(a.Name, b.Name) })
 	return st, nil
+}
+
+// members lists the fleet as rt sees it (this node alone without one).
+func (m *Manager) members(rt *Runtime) []Member {
+	switch {
+	case rt == nil:
+		return nil
+	case rt.Members != nil:
+		return rt.Members()
+	default:
+		return []Member{{Name: rt.Self, Labels: rt.Labels, Alive: true}}
+	}
+}
+
+// expected names the alive members o selects, sorted.
+func expected(o Order, members []Member) []string {
+	var out []string
+	for _, mem := range members {
+		if mem.Alive && o.Selects(mem.Labels) {
+			out = append(out, mem.Name)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // markPendingLocked gives this member a pending report of o when o selects

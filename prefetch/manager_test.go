@@ -124,7 +124,7 @@ func (f *memFleet) broadcast(from string) func(string, []byte) error {
 		}
 		var to []*Manager
 		for name, fm := range f.members {
-			if name != from {
+			if name != from && fm.m != nil { // a member without a manager hears nothing
 				to = append(to, fm.m)
 			}
 		}
@@ -141,7 +141,7 @@ func (f *memFleet) sendTo(member string, b []byte) error {
 	f.mu.Lock()
 	fm := f.members[member]
 	f.mu.Unlock()
-	if fm == nil {
+	if fm == nil || fm.m == nil {
 		return fmt.Errorf("no member %q", member)
 	}
 	fm.m.OnMessage(b)
@@ -400,5 +400,41 @@ func TestFinalReportReachesTheOriginWhenGossipMissesIt(t *testing.T) {
 	}
 	if i := slices.IndexFunc(st.Members, func(m MemberStatus) bool { return m.Name == "b" }); i >= 0 && st.Members[i].Report != nil && st.Members[i].Report.State == Complete {
 		t.Errorf("c heard b's final report, which gossip lost: the fake fleet is not lossy")
+	}
+}
+
+// TestMemberThatDroppedOutBeforeReportingStaysInTheStatus: a device alive
+// when the order was accepted that drops out before any report of it
+// arrives is listed without a report, unreachable, so the order is not
+// shown complete; also once the fleet has forgotten it.
+func TestMemberThatDroppedOutBeforeReportingStaysInTheStatus(t *testing.T) {
+	f := newMemFleet()
+	a := f.join(t, "a", nil, "", &fakePuller{})
+	f.mu.Lock()
+	f.members["ghost"] = &fakeMember{name: "ghost"} // alive, hears nothing
+	f.mu.Unlock()
+	o, err := a.m.Create(context.Background(), Request{Refs: []string{"app:v1"}, Timeout: "1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.Expected, []string{"a", "ghost"}) {
+		t.Errorf("order expects %v, want [a ghost]", o.Expected)
+	}
+	waitStates(t, a.m, o.ID, map[string]State{"a": Complete})
+	for _, step := range []string{"dead", "forgotten"} {
+		f.mu.Lock()
+		if step == "dead" {
+			f.members["ghost"].down = true
+		} else {
+			delete(f.members, "ghost")
+		}
+		f.mu.Unlock()
+		st, err := a.m.Status(context.Background(), o.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Members) != 2 || st.Members[1].Name != "ghost" || !st.Members[1].Unreachable || st.Members[1].Report != nil {
+			t.Errorf("status with ghost %s: %+v; want a, and ghost unreachable with no report", step, st.Members)
+		}
 	}
 }

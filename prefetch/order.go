@@ -37,6 +37,9 @@ const (
 	MaxPlatforms   = 16
 	MaxSelector    = 16
 	maxLabelLen    = 128
+	// MaxExpected bounds the members an order names as expected.
+	MaxExpected   = 10000
+	maxMemberName = 256
 )
 
 // State is where a member is with an order.
@@ -58,8 +61,12 @@ type Order struct {
 	Platforms []string          `json:"platforms,omitempty"`
 	NoPin     bool              `json:"no_pin,omitempty"`
 	Origin    string            `json:"origin,omitempty"` // member that accepted it
-	Created   time.Time         `json:"created"`
-	Deadline  time.Time         `json:"deadline"`
+	// Expected: the members it selected that were alive when it was
+	// accepted. Each stays in the status until it reports, even if it
+	// drops out first: a device that never pulled is not done.
+	Expected []string  `json:"expected,omitempty"`
+	Created  time.Time `json:"created"`
+	Deadline time.Time `json:"deadline"`
 }
 
 // Report is one member's progress with one order; the member alone writes
@@ -135,6 +142,14 @@ func (o Order) validate() error {
 	for k, v := range o.Selector {
 		if k == "" || len(k) > maxLabelLen || len(v) > maxLabelLen {
 			return fmt.Errorf("%w: selector label %q=%q", ErrBadOrder, k, v)
+		}
+	}
+	if len(o.Expected) > MaxExpected {
+		return fmt.Errorf("%w: %d expected members, at most %d", ErrBadOrder, len(o.Expected), MaxExpected)
+	}
+	for _, name := range o.Expected {
+		if name == "" || len(name) > maxMemberName {
+			return fmt.Errorf("%w: expected member %q", ErrBadOrder, name)
 		}
 	}
 	if o.Created.IsZero() || !o.Deadline.After(o.Created) {
