@@ -199,7 +199,7 @@ func TestImagesCLI(t *testing.T) {
 		t.Errorf("a failed batch pinned %s anyway", appRef)
 	}
 	wantCLIError(t, "bad reference", imagesCLI(ctx, t, "images", "rm", "Team/App", "--node", node), "bad repository name")
-	wantCLIError(t, "node down", imagesCLI(ctx, t, "images", "ls", "--node", "http://127.0.0.1:9"), "node not reachable")
+	wantCLIError(t, "node down", imagesCLI(ctx, t, "images", "ls", "--node", "http://127.0.0.1:9"), "not reachable")
 
 	// rm: the app goes, its blobs leave the disk; the other image stays.
 	before := storedBlobs(t, n.dataDir)

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"sort"
@@ -41,8 +39,12 @@ func (c *cli) peersCmd() *cobra.Command {
 		Short: "List the fleet as the node sees it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			api, err := newNodeAPI(nodeURL)
+			if err != nil {
+				return err
+			}
 			var peers []admin.Peer
-			if err := getJSON(cmd.Context(), nodeURL+admin.PeersPath, &peers); err != nil {
+			if err := api.call(cmd.Context(), http.MethodGet, admin.PeersPath, nil, http.StatusOK, &peers, 10*time.Second); err != nil {
 				return err
 			}
 			sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
@@ -79,8 +81,12 @@ func (c *cli) statusCmd() *cobra.Command {
 		Short: "Show this node: identity, fleet size, store usage, bytes served by source",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			api, err := newNodeAPI(nodeURL)
+			if err != nil {
+				return err
+			}
 			var st admin.Status
-			if err := getJSON(cmd.Context(), nodeURL+admin.StatusPath, &st); err != nil {
+			if err := api.call(cmd.Context(), http.MethodGet, admin.StatusPath, nil, http.StatusOK, &st, 10*time.Second); err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
@@ -99,27 +105,6 @@ func (c *cli) statusCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&nodeURL, "node", defaultNodeURL, "URL of the node's registry API")
 	return cmd
-}
-
-func getJSON(ctx context.Context, url string, v any) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("node not reachable: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		return fmt.Errorf("%s: %w", url, err)
-	}
-	return nil
 }
 
 func bySource(m map[string]float64, keys ...string) string {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,7 +63,7 @@ func (c *cli) imagesLsCmd() *cobra.Command {
 				return err
 			}
 			var imgs []admin.Image
-			if err := imagesCall(cmd.Context(), http.MethodGet, f.node+admin.ImagesPath, nil, &imgs); err != nil {
+			if err := f.call(cmd.Context(), http.MethodGet, admin.ImagesPath, nil, &imgs); err != nil {
 				return err
 			}
 			if f.output == "json" {
@@ -94,8 +93,7 @@ func (c *cli) imagesInspectCmd() *cobra.Command {
 				return err
 			}
 			var img admin.Image
-			u := f.node + admin.ImagesPath + "/inspect?ref=" + url.QueryEscape(args[0])
-			if err := imagesCall(cmd.Context(), http.MethodGet, u, nil, &img); err != nil {
+			if err := f.call(cmd.Context(), http.MethodGet, admin.ImagesPath+"/inspect?ref="+url.QueryEscape(args[0]), nil, &img); err != nil {
 				return err
 			}
 			if f.output == "json" {
@@ -138,7 +136,7 @@ func (c *cli) imagesRmCmd() *cobra.Command {
 				return err
 			}
 			var res []admin.RemoveResult
-			if err := imagesCall(cmd.Context(), http.MethodPost, f.node+admin.ImagesPath+"/rm", imgRefsBody(args, ""), &res); err != nil {
+			if err := f.call(cmd.Context(), http.MethodPost, admin.ImagesPath+"/rm", imgRefsBody(args, ""), &res); err != nil {
 				return err
 			}
 			if f.output == "json" {
@@ -179,7 +177,7 @@ func (c *cli) imagesPinCmd(op string) *cobra.Command {
 				return err
 			}
 			var res []admin.PinResult
-			if err := imagesCall(cmd.Context(), http.MethodPost, f.node+admin.ImagesPath+"/"+op, imgRefsBody(args, ""), &res); err != nil {
+			if err := f.call(cmd.Context(), http.MethodPost, admin.ImagesPath+"/"+op, imgRefsBody(args, ""), &res); err != nil {
 				return err
 			}
 			if f.output == "json" {
@@ -222,7 +220,7 @@ Exits 0 when every image is complete, 1 otherwise.`,
 				return usageError{cmd: cmd.CommandPath(), err: errors.New("no references: give -f LIST or REF arguments")}
 			}
 			var res []admin.MissingResult
-			if err := imagesCall(cmd.Context(), http.MethodPost, f.node+admin.ImagesPath+"/missing", imgRefsBody(refs, platform), &res); err != nil {
+			if err := f.call(cmd.Context(), http.MethodPost, admin.ImagesPath+"/missing", imgRefsBody(refs, platform), &res); err != nil {
 				return err
 			}
 			incomplete := 0
@@ -291,48 +289,14 @@ func imgRefsBody(refs []string, platform string) any {
 	return map[string]any{"refs": refs, "platform": platform}
 }
 
-// imagesCall sends a request to the images API and decodes the answer into
+// call sends a request to the images API and decodes the answer into
 // out; an error answer becomes its message.
-func imagesCall(ctx context.Context, method, u string, body, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+func (f *imagesFlags) call(ctx context.Context, method, path string, body, out any) error {
+	api, err := newNodeAPI(f.node)
 	if err != nil {
-		return fmt.Errorf("node URL: %w", err)
+		return err
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("node not reachable: %w", err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("%s: %w", u, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Errors []struct{ Code, Message string } `json:"errors"`
-		}
-		if json.Unmarshal(raw, &e) == nil && len(e.Errors) > 0 {
-			return errors.New(e.Errors[0].Message)
-		}
-		return fmt.Errorf("%s: %s", u, resp.Status)
-	}
-	if err := json.Unmarshal(raw, out); err != nil {
-		return fmt.Errorf("%s: %w", u, err)
-	}
-	return nil
+	return api.call(ctx, method, path, body, http.StatusOK, out, 2*time.Minute)
 }
 
 func imgPrintJSON(w io.Writer, v any) error {

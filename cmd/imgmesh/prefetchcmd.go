@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -83,10 +82,13 @@ func (c *cli) prefetch(ctx context.Context, stdin io.Reader, f prefetchFlags, ar
 	if f.interval <= 0 {
 		f.interval = 500 * time.Millisecond
 	}
-	base := strings.TrimRight(f.nodeURL, "/")
+	api, err := newNodeAPI(f.nodeURL)
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	giveUp := start.Add(f.timeout + 10*time.Second) // our own clock: the node's may differ
-	created, err := postOrder(ctx, base, prefetch.Request{Refs: refs, Selector: selector, Platforms: f.platforms,
+	created, err := postOrder(ctx, api, prefetch.Request{Refs: refs, Selector: selector, Platforms: f.platforms,
 		Timeout: f.timeout.String(), NoPin: f.noPin})
 	if err != nil {
 		return err
@@ -100,7 +102,7 @@ func (c *cli) prefetch(ctx context.Context, stdin io.Reader, f prefetchFlags, ar
 	var st prefetch.Status
 	var lastErr error
 	for {
-		s, err := getOrder(ctx, base, o.ID)
+		s, err := getOrder(ctx, api, o.ID)
 		if err == nil {
 			st, lastErr = s, nil
 			view.draw(st)
@@ -293,53 +295,15 @@ func parseSelect(ss []string) (map[string]string, error) {
 }
 
 // postOrder sends the order to the node.
-func postOrder(ctx context.Context, base string, req prefetch.Request) (admin.PrefetchCreated, error) {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return admin.PrefetchCreated{}, err
-	}
+func postOrder(ctx context.Context, api *nodeAPI, req prefetch.Request) (admin.PrefetchCreated, error) {
 	var created admin.PrefetchCreated
-	err = apiCall(ctx, http.MethodPost, base+admin.PrefetchPath, body, http.StatusCreated, &created)
+	err := api.call(ctx, http.MethodPost, admin.PrefetchPath, req, http.StatusCreated, &created, 10*time.Second)
 	return created, err
 }
 
 // getOrder asks the node how order id goes.
-func getOrder(ctx context.Context, base, id string) (prefetch.Status, error) {
+func getOrder(ctx context.Context, api *nodeAPI, id string) (prefetch.Status, error) {
 	var st prefetch.Status
-	err := apiCall(ctx, http.MethodGet, base+admin.PrefetchPath+"/"+id, nil, http.StatusOK, &st)
+	err := api.call(ctx, http.MethodGet, admin.PrefetchPath+"/"+id, nil, http.StatusOK, &st, 10*time.Second)
 	return st, err
-}
-
-// apiCall does one request to the node's API and decodes its answer; an
-// error answer becomes its message.
-func apiCall(ctx context.Context, method, url string, body []byte, want int, v any) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("node not reachable: %w", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
-	}
-	if resp.StatusCode != want {
-		var eb admin.ErrorBody
-		if json.Unmarshal(b, &eb) == nil && len(eb.Errors) > 0 {
-			return fmt.Errorf("node refused: %s", eb.Errors[0].Message)
-		}
-		return fmt.Errorf("%s %s: %s", method, url, resp.Status)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
-	}
-	return nil
 }

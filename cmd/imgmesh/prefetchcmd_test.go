@@ -61,7 +61,8 @@ func TestPrefetchUsageErrors(t *testing.T) {
 		{name: "no reference", args: []string{"prefetch"}, want: "no image reference"},
 		{name: "bad selector", args: []string{"prefetch", "app", "--select", "line"}, want: "want LABEL=VALUE"},
 		{name: "missing list", args: []string{"prefetch", "-f", "/nonexistent/list"}, want: "reference list"},
-		{name: "node down", args: []string{"prefetch", "app", "--node", "http://127.0.0.1:1"}, want: "node not reachable"},
+		{name: "node down", args: []string{"prefetch", "app", "--node", "http://127.0.0.1:1"}, want: "node http://127.0.0.1:1 not reachable"},
+		{name: "node without scheme", args: []string{"prefetch", "app", "--node", "127.0.0.1:5000"}, want: "want a URL like"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestNodeAPIErrors: every command that talks to a node's API says in one
+// line what went wrong, and never prints the password of --node.
+func TestNodeAPIErrors(t *testing.T) {
+	withLogin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "tech" || p != "right" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="imgmesh"`)
+			http.Error(w, "login", http.StatusUnauthorized)
+			return
+		}
+		http.NotFound(w, r) // the right login, but not an imgmesh node
+	}))
+	defer withLogin.Close()
+	host := strings.TrimPrefix(withLogin.URL, "http://")
+	tests := []struct {
+		name    string
+		args    []string
+		want    string
+		mustNot string
+	}{
+		{name: "wrong password", args: []string{"status", "--node", "http://tech:s3cret@" + host}, want: "refused the login", mustNot: "s3cret"},
+		{name: "wrong password, peers", args: []string{"peers", "--node", "http://tech:s3cret@" + host}, want: "refused the login", mustNot: "s3cret"},
+		{name: "no login", args: []string{"images", "ls", "--node", withLogin.URL}, want: "wants a login: give --node http://USER:PASSWORD@" + host},
+		{name: "not an imgmesh node", args: []string{"status", "--node", "http://tech:right@" + host}, want: "is it an imgmesh node?", mustNot: "right@"},
+		{name: "no scheme", args: []string{"status", "--node", "127.0.0.1:5000"}, want: "want a URL like"},
+		{name: "a path", args: []string{"peers", "--node", "http://127.0.0.1:5000/v2"}, want: "want a URL like"},
+		{name: "down, password", args: []string{"images", "ls", "--node", "http://tech:s3cret@127.0.0.1:9"}, want: "not reachable", mustNot: "s3cret"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, errOut := runCLI(t, nil, tt.args...)
+			if code == 0 || !strings.Contains(errOut, tt.want) || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+				t.Errorf("exit %d, stderr %q: want one line with %q", code, errOut, tt.want)
+			}
+			if tt.mustNot != "" && strings.Contains(errOut, tt.mustNot) {
+				t.Errorf("stderr %q shows %q", errOut, tt.mustNot)
+			}
+		})
+	}
+}
