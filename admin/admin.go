@@ -60,17 +60,21 @@ type Options struct {
 // Handler serves StatusPath and PeersPath.
 func Handler(o Options) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+StatusPath, func(w http.ResponseWriter, r *http.Request) {
+	// Every other path under /api/v1/ (the node mounts this handler there).
+	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, CodeNotFound, r.URL.Path+": no such API")
+	})
+	handle(mux, http.MethodGet, StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		st, err := o.Status(r.Context())
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+			writeError(w, http.StatusInternalServerError, CodeInternal, err.Error())
 			return
 		}
 		st.ServedBytes = counters(o.Gatherer, "imgmesh_registry_blob_bytes_served_total", "source")
 		st.FetchedBytes = counters(o.Gatherer, "imgmesh_fetched_bytes_total", "source")
 		writeJSON(w, st)
 	})
-	mux.HandleFunc("GET "+PeersPath, func(w http.ResponseWriter, r *http.Request) {
+	handle(mux, http.MethodGet, PeersPath, func(w http.ResponseWriter, r *http.Request) {
 		peers := []Peer{}
 		if o.Peers != nil {
 			peers = o.Peers()
@@ -78,6 +82,21 @@ func Handler(o Options) http.Handler {
 		writeJSON(w, peers)
 	})
 	return mux
+}
+
+// handle serves method (GET serves HEAD too) on path, and answers any other
+// method there with 405 and the error JSON the rest of the API gives,
+// rather than the mux's plain text.
+func handle(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
+	mux.HandleFunc(method+" "+path, h)
+	allow := method
+	if method == http.MethodGet {
+		allow += ", " + http.MethodHead
+	}
+	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, CodeUnsupported, r.Method+" "+path+": want "+allow)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -111,12 +111,15 @@ func ImagesHandler(o ImagesOptions) http.Handler {
 	}
 	h := &imagesAPI{o}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+ImagesPath, h.list)
-	mux.HandleFunc("GET "+ImagesPath+"/inspect", h.inspect)
-	mux.HandleFunc("POST "+ImagesPath+"/rm", h.batch(h.remove))
-	mux.HandleFunc("POST "+ImagesPath+"/pin", h.batch(h.pin(true)))
-	mux.HandleFunc("POST "+ImagesPath+"/unpin", h.batch(h.pin(false)))
-	mux.HandleFunc("POST "+ImagesPath+"/missing", h.missing)
+	mux.HandleFunc(ImagesPath+"/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, CodeNotFound, r.URL.Path+": no such API")
+	})
+	handle(mux, http.MethodGet, ImagesPath, h.list)
+	handle(mux, http.MethodGet, ImagesPath+"/inspect", h.inspect)
+	handle(mux, http.MethodPost, ImagesPath+"/rm", h.batch(h.remove))
+	handle(mux, http.MethodPost, ImagesPath+"/pin", h.batch(h.pin(true)))
+	handle(mux, http.MethodPost, ImagesPath+"/unpin", h.batch(h.pin(false)))
+	handle(mux, http.MethodPost, ImagesPath+"/missing", h.missing)
 	return mux
 }
 

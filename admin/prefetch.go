@@ -35,6 +35,8 @@ const (
 	CodeOrderInvalid = "ORDER_INVALID"
 	CodeOrderUnknown = "ORDER_UNKNOWN"
 	CodeInternal     = "INTERNAL"
+	CodeNotFound     = "NOT_FOUND"   // no such path under /api/v1/
+	CodeUnsupported  = "UNSUPPORTED" // a method the path does not take
 )
 
 // PrefetchHandler serves PrefetchPath (mount it at PrefetchPath and
@@ -50,7 +52,10 @@ func PrefetchHandler(p Prefetcher, log *slog.Logger) http.Handler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+PrefetchPath, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(PrefetchPath+"/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, CodeNotFound, r.URL.Path+": no such API (want "+PrefetchPath+"/ORDER)")
+	})
+	handle(mux, http.MethodPost, PrefetchPath, func(w http.ResponseWriter, r *http.Request) {
 		if err := requireJSON(r); err != nil {
 			writeError(w, http.StatusUnsupportedMediaType, CodeOrderInvalid, err.Error())
 			return
@@ -77,7 +82,7 @@ func PrefetchHandler(p Prefetcher, log *slog.Logger) http.Handler {
 		w.WriteHeader(http.StatusCreated)
 		_ = json.NewEncoder(w).Encode(PrefetchCreated{ID: o.ID, Order: o})
 	})
-	mux.HandleFunc("GET "+PrefetchPath+"/{id}", func(w http.ResponseWriter, r *http.Request) {
+	handle(mux, http.MethodGet, PrefetchPath+"/{id}", func(w http.ResponseWriter, r *http.Request) {
 		st, err := p.Status(r.Context(), r.PathValue("id"))
 		switch {
 		case errors.Is(err, prefetch.ErrUnknownOrder):
