@@ -366,6 +366,11 @@ func (h *imagesAPI) missing(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		m := MissingResult{Ref: raw, Digest: res.d.String(), Complete: true}
+		if !c.OffersPlatform(res.d, b.Platform) {
+			m.Complete, m.Reason = false, "no manifest for platform "+b.Platform
+			out = append(out, m)
+			continue
+		}
 		for _, d := range c.Closure(res.d, b.Platform) {
 			if _, ok := c.Has(d); !ok {
 				m.Complete = false

@@ -340,6 +340,22 @@ func (c *Catalog) Closure(d digest.Digest, platform string) []digest.Digest {
 	return append(manifests, blobs...)
 }
 
+// OffersPlatform reports whether d has something for platform: true for
+// an image manifest (its platform is in its config, which a pull takes as
+// it is) and for "", and for an index when one of its manifests is for it.
+func (c *Catalog) OffersPlatform(d digest.Digest, platform string) bool {
+	n := c.nodes[d]
+	if platform == "" || n == nil || len(n.children) == 0 {
+		return true
+	}
+	for _, ch := range n.children {
+		if matchPlatform(ch.Platform, platform) {
+			return true
+		}
+	}
+	return false
+}
+
 // matchPlatform: p is os/arch or os/arch/variant.
 func matchPlatform(p *ocispec.Platform, want string) bool {
 	if p == nil {

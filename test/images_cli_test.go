@@ -179,6 +179,12 @@ func TestImagesCLI(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "yes") {
 		t.Errorf("missing --platform linux/amd64: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}
+	// A platform the index has no manifest for is not complete (prefetch
+	// of it fails the same way).
+	r = imagesCLI(ctx, t, "images", "missing", multiRef, "--platform", "linux/s390x", "--node", node)
+	if r.code == 0 || !strings.Contains(r.stdout, "no manifest for platform linux/s390x") {
+		t.Errorf("missing --platform linux/s390x: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
 
 	// pin, unpin.
 	if r := imagesCLI(ctx, t, "images", "pin", appRef, "--node", node); r.code != 0 || !strings.Contains(r.stdout, "pinned") {
