@@ -95,6 +95,9 @@ func Load(path string) (Key, error) {
 		return nil, fmt.Errorf("fleet key: %w", err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		return nil, fmt.Errorf("fleet key %s: a directory, not a key file (make one with imgmesh keygen > fleet.key)", path)
+	}
 	k, err := Decode(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

@@ -262,6 +262,12 @@ func TestServeRejectsBadSettings(t *testing.T) {
 		{name: "empty data dir", args: []string{"--data-dir", ""}, wantErr: "data dir"},
 		{name: "unknown flag", args: []string{"--listen-addr", "x"}, wantErr: "unknown flag: --listen-addr"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: `unknown command "extra"`},
+		// Mesh settings are checked with the mesh off too.
+		{name: "join without port, mesh off", args: []string{"--mesh=false", "--join", "nohostport"}, wantErr: `--join "nohostport": want the HOST:PORT of a member's gossip`},
+		{name: "bad bootstrap, mesh off", args: []string{"--mesh=false", "--bootstrap", "garbage"}, wantErr: `--bootstrap "garbage": not a multiaddr`},
+		{name: "negative lookup timeout, mesh off", args: []string{"--mesh=false", "--lookup-timeout", "-5ms"}, wantErr: "lookup timeout must be positive"},
+		{name: "missing fleet key, mesh off", args: []string{"--mesh=false", "--fleet-key", filepath.Join(dir, "none.key")}, wantErr: "fleet key"},
+		{name: "fleet key is a directory", args: []string{"--mesh=false", "--fleet-key", dir}, wantErr: "a directory, not a key file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -52,7 +52,7 @@ func (m *MeshConfig) register(fs *pflag.FlagSet) {
 	fs.StringVar(&m.GossipListen, "gossip-listen", d.GossipListen, "HOST:PORT of fleet gossip (memberlist, TCP and UDP) (env IMGMESH_GOSSIP_LISTEN)")
 	fs.StringArrayVar(&m.Join, "join", nil, "HOST:PORT of a fleet member's gossip, repeatable (env IMGMESH_JOIN)")
 	fs.StringVar(&m.DataListen, "data-listen", d.DataListen, "HOST:PORT of the data plane that serves blobs to peers (env IMGMESH_DATA_LISTEN)")
-	fs.StringVar(&m.FleetKey, "fleet-key", "", "fleet key file from `imgmesh keygen`: private network, encrypted gossip, authenticated data plane (env IMGMESH_FLEET_KEY)")
+	fs.StringVar(&m.FleetKey, "fleet-key", "", "fleet key `FILE` (made by imgmesh keygen): private network, encrypted gossip, authenticated data plane (env IMGMESH_FLEET_KEY)")
 	fs.StringToStringVar(&m.Labels, "label", nil, "KEY=VALUE label of this node, repeatable (env IMGMESH_LABELS, comma-separated)")
 	fs.DurationVar(&m.LookupTimeout, "lookup-timeout", d.LookupTimeout, "how long to ask the fleet who holds content before going upstream (env IMGMESH_LOOKUP_TIMEOUT)")
 	fs.BoolVar(&m.ReadAhead, "read-ahead", d.ReadAhead, "when a client reads an image manifest, start fetching its layers at once (env IMGMESH_READ_AHEAD)")
@@ -135,23 +135,36 @@ func (m *MeshConfig) applyEnv(lookupEnv func(string) (string, bool)) error {
 	return nil
 }
 
+// validate checks the mesh settings, also with --mesh=false: a mistake
+// there would otherwise surface only when the mesh is turned on.
 func (m *MeshConfig) validate() error {
-	if !m.Mesh {
-		return nil
+	type addrs struct {
+		flag string
+		list []string
 	}
-	for _, a := range append(append([]string{}, m.P2PListen...), m.Bootstrap...) {
-		if _, err := ma.NewMultiaddr(a); err != nil {
-			return fmt.Errorf("multiaddr %q: %v", a, err)
+	for _, f := range []addrs{{"--p2p-listen", m.P2PListen}, {"--bootstrap", m.Bootstrap}} {
+		for _, a := range f.list {
+			if _, err := ma.NewMultiaddr(a); err != nil {
+				return fmt.Errorf("%s %q: not a multiaddr: %v", f.flag, a, err)
+			}
 		}
 	}
-	if len(m.P2PListen) == 0 {
+	if m.Mesh && len(m.P2PListen) == 0 {
 		return fmt.Errorf("--p2p-listen: at least one address is needed with --mesh")
 	}
-	for _, a := range append([]string{m.GossipListen, m.DataListen}, m.Join...) {
-		if err := validateListen(a); err != nil {
-			return err
+	for _, f := range []addrs{{"--gossip-listen", []string{m.GossipListen}}, {"--data-listen", []string{m.DataListen}}} {
+		for _, a := range f.list {
+			if err := validateListen(a); err != nil {
+				return fmt.Errorf("%s: %w", f.flag, err)
+			}
 		}
 	}
+	for _, a := range m.Join {
+		if err := validateListen(a); err != nil {
+			return fmt.Errorf("--join %q: want the HOST:PORT of a member's gossip (its --gossip-listen)", a)
+		}
+	}
+
 	if m.LookupTimeout <= 0 {
 		return fmt.Errorf("lookup timeout must be positive, got %s", m.LookupTimeout)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/imgmesh/imgmesh/admin"
 	"github.com/imgmesh/imgmesh/blobstore"
 	"github.com/imgmesh/imgmesh/dataplane"
+	"github.com/imgmesh/imgmesh/fleetkey"
 	"github.com/imgmesh/imgmesh/node"
 	"github.com/imgmesh/imgmesh/registryapi"
 	"github.com/imgmesh/imgmesh/upstream"
@@ -55,6 +56,11 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	upstreamRoots, err := cfg.upstreamRoots()
 	if err != nil {
 		return err
+	}
+	if cfg.FleetKey != "" && !cfg.Mesh { // with the mesh, startMesh reads it
+		if _, err := fleetkey.Load(cfg.FleetKey); err != nil {
+			return err
+		}
 	}
 	// Listen before opening the store: a busy port fails fast and leaves
 	// the data directory alone.
