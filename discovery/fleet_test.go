@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,9 +178,19 @@ func TestFleetKeyKeepsStrangersOut(t *testing.T) {
 	b := start(t, Options{Name: "b", Key: key, Join: []string{a.Addr()}})
 	eventually(t, 10*time.Second, func() error { return seesAlive(a, a, b) })
 
-	// Strangers keep retrying in the background the whole test long.
-	wrong := start(t, Options{Name: "wrong-key", Key: other, Join: []string{a.Addr(), b.Addr()}})
-	open := start(t, Options{Name: "no-key", Join: []string{a.Addr(), b.Addr()}})
+	// Strangers keep retrying in the background the whole test long, and
+	// say once why they cannot join.
+	var wrongLog, openLog syncBuffer
+	wrong := start(t, Options{Name: "wrong-key", Key: other, Join: []string{a.Addr(), b.Addr()}, Logger: slog.New(slog.NewTextHandler(&wrongLog, nil))})
+	open := start(t, Options{Name: "no-key", Join: []string{a.Addr(), b.Addr()}, Logger: slog.New(slog.NewTextHandler(&openLog, nil))})
+	for _, l := range []*syncBuffer{&wrongLog, &openLog} {
+		eventually(t, 10*time.Second, func() error {
+			if !strings.Contains(l.String(), "level=ERROR") || !strings.Contains(l.String(), "another fleet key") {
+				return fmt.Errorf("no error naming the fleet key in the log:\n%s", l.String())
+			}
+			return nil
+		})
+	}
 	for _, s := range []*Fleet{wrong, open} {
 		if n, err := s.Join([]string{a.Addr()}); err == nil {
 			t.Fatalf("%s joined the keyed fleet (%d answered)", s.LocalName(), n)
@@ -239,4 +251,22 @@ func TestNewRejectsBadOptions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

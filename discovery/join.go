@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -15,7 +16,7 @@ import (
 func (f *Fleet) joinLoop(ctx context.Context, addrs []string) {
 	defer f.wg.Done()
 	delay := f.t.JoinBackoffMin
-	joined, warned := false, false
+	joined, warned, keyWarned := false, false, false
 	for {
 		wait := f.t.JoinBackoffMax
 		if targets := f.missing(ctx, addrs); len(targets) > 0 {
@@ -29,6 +30,9 @@ func (f *Fleet) joinLoop(ctx context.Context, addrs []string) {
 				case err == nil && n > 0:
 					ok = true
 					f.log.Info("joined fleet", "via", a)
+				case keyMismatch(err) && !keyWarned:
+					keyWarned = true
+					f.log.Error("gossip join refused: the member there has another fleet key, or one side has none; give every node the same --fleet-key", "addr", a, "err", err)
 				case !joined && !warned:
 					f.log.Warn("gossip join failed; retrying in background", "addr", a, "err", err)
 				default:
@@ -95,4 +99,17 @@ func (f *Fleet) isLive(ctx context.Context, addr string, live map[string]bool) b
 		}
 	}
 	return false
+}
+
+// keyMismatch reports whether a join failed because the member's gossip is
+// encrypted with another key, or only one side encrypts (memberlist's own
+// errors; it has no typed ones).
+func keyMismatch(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "no installed keys could decrypt") ||
+		strings.Contains(msg, "remote state is encrypted and encryption is not configured") ||
+		strings.Contains(msg, "encryption is configured but remote state is not encrypted")
 }

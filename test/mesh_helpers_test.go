@@ -297,7 +297,7 @@ func fleetKeyFile(ctx context.Context, t *testing.T) string {
 	return path
 }
 
-// dataAddr is the data-plane address the node logged when it joined the mesh.
+// dataAddr is the data-plane address the node logged when its mesh started.
 func (n *meshNode) dataAddr(t *testing.T) string {
 	t.Helper()
 	for line := range strings.SplitSeq(n.proc.log(t), "\n") {
@@ -305,7 +305,7 @@ func (n *meshNode) dataAddr(t *testing.T) string {
 			Msg  string `json:"msg"`
 			Data string `json:"data"`
 		}
-		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "joined the mesh" && rec.Data != "" {
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "mesh started" && rec.Data != "" {
 			return rec.Data
 		}
 	}

@@ -113,7 +113,7 @@ func startMesh(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus
 		dataKey = m.key.Derive(fleetkey.DataPlane)
 	}
 	m.peers = dataplane.NewClient(dataplane.ClientOptions{Key: dataKey, NodeID: m.host.ID()})
-	log.Info("joined the mesh", "peer_id", m.host.ID(), "p2p", m.host.Addrs(), "gossip", gossipAddr,
+	log.Info("mesh started", "peer_id", m.host.ID(), "p2p", m.host.Addrs(), "gossip", gossipAddr,
 		"data", m.dataLn.Addr().String(), "mdns", cfg.MDNS, "fleet_key", len(m.key) > 0)
 	return m, nil
 }
