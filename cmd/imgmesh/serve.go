@@ -40,6 +40,10 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := cfg.newLogger(c.stderr)
+	// What libraries print with the standard log package (net/http's
+	// "Unsolicited response received on idle HTTP channel") goes through
+	// the same handler, so --log-format json stays JSON.
+	slog.SetDefault(log.With("component", "stdlog"))
 
 	dockerConfig, err := c.dockerConfig(cfg)
 	if err != nil {

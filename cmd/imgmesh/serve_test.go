@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -268,4 +269,23 @@ func TestServeBusyPort(t *testing.T) {
 	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
 		t.Errorf("data dir created although the node could not listen (%v)", err)
 	}
+}
+
+// TestServeLogsLibraryLinesAsJSON: a line a library prints with the
+// standard log package (net/http does, about a misbehaving upstream) comes
+// out as JSON with --log-format json. Not parallel: the standard logger is
+// the process's.
+func TestServeLogsLibraryLinesAsJSON(t *testing.T) {
+	n := startServe(t, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--upstream", "none", "--log-format", "json")
+	stdlog.Printf("Unsolicited response received on idle HTTP channel starting with %q", "AAAA")
+	for _, line := range strings.Split(strings.TrimSpace(n.stderr.String()), "\n") {
+		if strings.Contains(line, "Unsolicited response") {
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("library line not JSON: %s", line)
+			}
+			return
+		}
+	}
+	t.Fatalf("library line not in the node's log:\n%s", n.stderr.String())
 }
