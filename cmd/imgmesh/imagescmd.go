@@ -259,8 +259,12 @@ Exits 0 when every image is complete, 1 otherwise.`,
 	return cmd
 }
 
+// maxListRefs bounds a reference list (the node's images API takes as many).
+const maxListRefs = 10000
+
 // readRefList reads image references from path ("-": stdin), one per
-// line; blank lines and # comments are skipped.
+// line; blank lines and # comments are skipped. A line that is not a
+// reference is named by its number before anything is sent.
 func readRefList(stdin io.Reader, path string) ([]string, error) {
 	r := stdin
 	if path != "-" {
@@ -273,13 +277,22 @@ func readRefList(stdin io.Reader, path string) ([]string, error) {
 	}
 	var refs []string
 	sc := bufio.NewScanner(r)
-	for sc.Scan() {
+	for n := 1; sc.Scan(); n++ {
 		line, _, _ := strings.Cut(sc.Text(), "#")
-		if line = strings.TrimSpace(line); line != "" {
-			refs = append(refs, line)
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		if _, err := admin.ParseImageRef(line); err != nil {
+			return nil, fmt.Errorf("reference list %s line %d: %.60q: %v", path, n, line, err)
+		}
+		if refs = append(refs, line); len(refs) > maxListRefs {
+			return nil, fmt.Errorf("reference list %s: more than %d references", path, maxListRefs)
 		}
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			err = errors.New("a line longer than 64 KiB: is it a list of image references?")
+		}
 		return nil, fmt.Errorf("reference list %s: %w", path, err)
 	}
 	return refs, nil

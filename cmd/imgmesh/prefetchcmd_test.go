@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -53,6 +54,15 @@ func TestPrefetchOnALoneNode(t *testing.T) {
 }
 
 func TestPrefetchUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	badLine := filepath.Join(dir, "bad.txt")
+	if err := os.WriteFile(badLine, []byte("# images\nnginx:1.27\n\nUPPER:v1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	binary := filepath.Join(dir, "binary")
+	if err := os.WriteFile(binary, bytes.Repeat([]byte{0x7f, 'E', 'L', 'F', 0, 1}, 20000), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -61,6 +71,8 @@ func TestPrefetchUsageErrors(t *testing.T) {
 		{name: "no reference", args: []string{"prefetch"}, want: "no image reference"},
 		{name: "bad selector", args: []string{"prefetch", "app", "--select", "line"}, want: "want LABEL=VALUE"},
 		{name: "missing list", args: []string{"prefetch", "-f", "/nonexistent/list"}, want: "reference list"},
+		{name: "bad line in list", args: []string{"prefetch", "-f", badLine}, want: "line 4: \"UPPER:v1\""},
+		{name: "binary list", args: []string{"images", "missing", "-f", binary}, want: "is it a list of image references?"},
 		{name: "node down", args: []string{"prefetch", "app", "--node", "http://127.0.0.1:1"}, want: "node http://127.0.0.1:1 not reachable"},
 		{name: "node without scheme", args: []string{"prefetch", "app", "--node", "127.0.0.1:5000"}, want: "want a URL like"},
 	}
