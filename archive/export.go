@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -39,14 +40,33 @@ type ExportResult struct {
 // image layout in a tar whose index.json has one entry per ref, annotated
 // with org.opencontainers.image.ref.name and io.containerd.image.name.
 // Manifests are copied byte for byte, so every digest stays; blobs are
-// streamed into the tar and verified on the way. The archive is written to
-// file+".tmp" and renamed when complete; on any error nothing is left.
-func Export(ctx context.Context, refs []string, file string, opts ExportOptions) (_ *ExportResult, err error) {
-	defer func() {
-		if err != nil {
-			opts.Progress.abort()
-		}
-	}()
+// streamed into the tar and verified on the way. file is checked before the
+// node is asked anything (a bad path must not cost a download): an
+// *OutputError if it will not do. The archive is written to file+".tmp" and
+// renamed when complete; on any error nothing is left.
+func Export(ctx context.Context, refs []string, file string, opts ExportOptions) (*ExportResult, error) {
+	tgts, err := parseRefs(refs)
+	if err != nil {
+		return nil, err
+	}
+	out, err := createArchive(file)
+	if err != nil {
+		return nil, err
+	}
+	return export(ctx, tgts, out, opts)
+}
+
+// ExportTo is Export writing the archive to w (a pipe, stdout). An error
+// leaves what was written so far: w's reader must drop it.
+func ExportTo(ctx context.Context, refs []string, w io.Writer, opts ExportOptions) (*ExportResult, error) {
+	tgts, err := parseRefs(refs)
+	if err != nil {
+		return nil, err
+	}
+	return export(ctx, tgts, streamOutput{w}, opts)
+}
+
+func parseRefs(refs []string) ([]target, error) {
 	if len(refs) == 0 {
 		return nil, fmt.Errorf("no image to export: %w", ErrBadReference)
 	}
@@ -58,6 +78,16 @@ func Export(ctx context.Context, refs []string, file string, opts ExportOptions)
 		}
 		tgts[i] = t
 	}
+	return tgts, nil
+}
+
+func export(ctx context.Context, tgts []target, out output, opts ExportOptions) (_ *ExportResult, err error) {
+	defer func() {
+		if err != nil {
+			out.discard()
+			opts.Progress.abort()
+		}
+	}()
 	c, err := newNodeClient(opts.Node, opts.Transport)
 	if err != nil {
 		return nil, err
@@ -81,12 +111,112 @@ func Export(ctx context.Context, refs []string, file string, opts ExportOptions)
 		ex.res.Images = append(ex.res.Images, Image{Name: t.name, Digest: root.Digest, MediaType: root.MediaType})
 	}
 	opts.Progress.SetTotal(ex.res.Bytes)
-	if err := ex.write(ctx, file, &index, opts.Progress); err != nil {
+	if err := ex.write(ctx, out, &index, opts.Progress); err != nil {
+		return nil, err
+	}
+	if err := out.commit(); err != nil {
 		return nil, err
 	}
 	opts.Progress.Finish()
 	return ex.res, nil
 }
+
+// OutputError is a path Export cannot or should not write an archive to,
+// found before the node is asked anything.
+type OutputError struct {
+	Path string // as given
+	Err  error  // what is wrong with it
+}
+
+func (e *OutputError) Error() string { return e.Path + ": " + e.Err.Error() }
+func (e *OutputError) Unwrap() error { return e.Err }
+
+// output is where an archive is written.
+type output interface {
+	io.Writer
+	commit() error // the archive is complete
+	discard()      // it is not: leave nothing where that can be helped
+}
+
+// fileOutput writes file+".tmp" and renames it to file on commit.
+type fileOutput struct {
+	f    *os.File
+	file string
+}
+
+// createArchive checks the path of an archive to write and creates its
+// temporary file: before any download, with errors naming the path as
+// given, and without touching file itself.
+func createArchive(file string) (*fileOutput, error) {
+	if err := checkPath(file); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(file+".tmp", os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the .tmp name would only puzzle
+		}
+		return nil, &OutputError{Path: file, Err: fmt.Errorf("cannot write it: %w", err)}
+	}
+	return &fileOutput{f: f, file: file}, nil
+}
+
+// checkPath refuses a path an archive cannot be renamed to, or should not.
+func checkPath(file string) error {
+	if file == "" {
+		return errors.New("no file name for the archive")
+	}
+	if fi, err := os.Stat(file); err == nil {
+		switch {
+		case fi.IsDir():
+			return &OutputError{Path: file, Err: errors.New("is a directory; give a file name for the archive")}
+		case !fi.Mode().IsRegular():
+			// The rename would replace it (a device, a pipe): never wanted.
+			return &OutputError{Path: file, Err: errors.New("is not a regular file; give a file name for the archive")}
+		}
+		return nil // an older archive, replaced once the new one is complete
+	}
+	dir := filepath.Dir(file)
+	di, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return &OutputError{Path: file, Err: fmt.Errorf("directory %s does not exist", dir)}
+	case err == nil && !di.IsDir():
+		return &OutputError{Path: file, Err: fmt.Errorf("%s is not a directory", dir)}
+	}
+	return nil // creating the file tells the rest (permissions)
+}
+
+func (o *fileOutput) Write(p []byte) (int, error) { return o.f.Write(p) }
+
+func (o *fileOutput) commit() error {
+	if err := o.f.Sync(); err != nil {
+		return err
+	}
+	if err := o.f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(o.f.Name(), o.file); err != nil {
+		return err
+	}
+	if d, derr := os.Open(filepath.Dir(o.file)); derr == nil {
+		_ = d.Sync() // the rename survives a power cut (best effort)
+		d.Close()
+	}
+	return nil
+}
+
+func (o *fileOutput) discard() {
+	o.f.Close()
+	os.Remove(o.f.Name())
+}
+
+// streamOutput writes to a stream, which cannot take back what it got.
+type streamOutput struct{ io.Writer }
+
+func (streamOutput) commit() error { return nil }
+func (streamOutput) discard()      {}
 
 // exporter gathers what the refs need, then writes it.
 type exporter struct {
@@ -165,20 +295,9 @@ func (ex *exporter) plan(ctx context.Context, t target) (v1.Descriptor, error) {
 	return p.manifests[len(p.manifests)-1].desc, nil
 }
 
-// write writes the archive to file+".tmp", then renames it to file.
-func (ex *exporter) write(ctx context.Context, file string, index *v1.IndexManifest, prog *Progress) (err error) {
-	tmp := file + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	tw := tar.NewWriter(f)
+// write writes the archive to w.
+func (ex *exporter) write(ctx context.Context, w io.Writer, index *v1.IndexManifest, prog *Progress) error {
+	tw := tar.NewWriter(w)
 	if err := writeFile(tw, "oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
 		return err
 	}
@@ -207,23 +326,7 @@ func (ex *exporter) write(ctx context.Context, file string, index *v1.IndexManif
 	if err := writeFile(tw, "index.json", idx); err != nil {
 		return err
 	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, file); err != nil {
-		return err
-	}
-	if d, derr := os.Open(filepath.Dir(file)); derr == nil {
-		_ = d.Sync() // the rename survives a power cut (best effort)
-		d.Close()
-	}
-	return nil
+	return tw.Close()
 }
 
 // copyBlob streams blob b from the node into the tar, verified.

@@ -6,9 +6,11 @@ import (
 	"compress/gzip"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -153,6 +155,93 @@ func TestExportErrors(t *testing.T) {
 				t.Errorf("files left behind: %v", left)
 			}
 		})
+	}
+}
+
+// TestExportOutputPath: a path the archive cannot or should not be written
+// to fails before any request reaches the node, naming the path as given
+// (not its .tmp), and leaves nothing behind; an existing archive is
+// replaced.
+func TestExportOutputPath(t *testing.T) {
+	t.Parallel()
+	tn := startTestNode(t)
+	in := writeLayout(t, ociImage(t, 1, 4<<10, "amd64"), map[string]string{AnnotationImageName: "docker.io/library/app:v1"}, nil, nil)
+	if _, err := Import(t.Context(), in, ImportOptions{Node: tn.url}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	adir := filepath.Join(dir, "adir")
+	afile := filepath.Join(dir, "afile")
+	fifo := filepath.Join(dir, "fifo")
+	old := filepath.Join(dir, "old.tar")
+	for _, p := range []string{afile, old} {
+		write(t, p, []byte("not an archive"))
+	}
+	if err := os.Mkdir(adir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name, path string
+		want       string // the error after "PATH: "; "" = exported
+	}{
+		{name: "existing directory", path: adir, want: "is a directory; give a file name for the archive"},
+		{name: "existing directory, trailing slash", path: adir + "/", want: "is a directory; give a file name for the archive"},
+		{name: "missing directory", path: filepath.Join(dir, "nodir", "x.tar"), want: "directory " + filepath.Join(dir, "nodir") + " does not exist"},
+		{name: "parent is a file", path: filepath.Join(afile, "x.tar"), want: afile + " is not a directory"},
+		{name: "a pipe", path: fifo, want: "is not a regular file; give a file name for the archive"},
+		{name: "an older archive", path: old},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := &countingTransport{next: &http.Transport{}}
+			defer rt.next.CloseIdleConnections()
+			before, _ := filepath.Glob(filepath.Join(dir, "*"))
+			_, err := Export(t.Context(), []string{"app:v1"}, tc.path, ExportOptions{Node: tn.url, Transport: rt})
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := layout.FromPath(untar(t, tc.path)); err != nil {
+					t.Errorf("%s was not replaced by the archive: %v", tc.path, err)
+				}
+				return
+			}
+			if _, ok := errors.AsType[*OutputError](err); !ok || err.Error() != tc.path+": "+tc.want {
+				t.Fatalf("got %v (%T), want the OutputError %q", err, err, tc.path+": "+tc.want)
+			}
+			if rt.requests != 0 {
+				t.Errorf("%d requests reached the node before the path was refused", rt.requests)
+			}
+			if after, _ := filepath.Glob(filepath.Join(dir, "*")); len(after) != len(before) {
+				t.Errorf("files before %v, after %v", before, after)
+			}
+		})
+	}
+}
+
+// TestExportTo: the archive written to a stream is the one Export writes
+// to a file, byte for byte.
+func TestExportTo(t *testing.T) {
+	t.Parallel()
+	tn := startTestNode(t)
+	in := writeLayout(t, ociImage(t, 2, 16<<10, "amd64"), map[string]string{AnnotationImageName: "docker.io/library/app:v1"}, nil, nil)
+	if _, err := Import(t.Context(), in, ImportOptions{Node: tn.url}); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "app.tar")
+	if _, err := Export(t.Context(), []string{"app:v1"}, file, ExportOptions{Node: tn.url}); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	res, err := ExportTo(t.Context(), []string{"app:v1"}, &buf, ExportOptions{Node: tn.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), readFile(t, file)) || len(res.Images) != 1 {
+		t.Errorf("streamed %d bytes (%d images), the file has %d", buf.Len(), len(res.Images), len(readFile(t, file)))
 	}
 }
 

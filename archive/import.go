@@ -85,6 +85,9 @@ func Import(ctx context.Context, path string, opts ImportOptions) (_ *ImportResu
 	if err != nil {
 		return nil, err
 	}
+	if err := unique(tgts, a.roots, path, opts.Name); err != nil {
+		return nil, err
+	}
 	res := &ImportResult{Format: a.format}
 	plans := make([]*plan, len(a.roots))
 	counted := map[v1.Hash]bool{}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"go.uber.org/goleak"
@@ -212,6 +213,114 @@ func TestImportNames(t *testing.T) {
 	}
 }
 
+// TestImportNameClash: an archive in which two different images would get
+// the same name (from its annotations, docker save's RepoTags, or --name
+// REPOSITORY keeping their tags) is refused before anything is pushed,
+// naming the name; the node would keep only one of them. The same name on
+// the same image twice is imported once.
+func TestImportNameClash(t *testing.T) {
+	t.Parallel()
+	a, b := ociImage(t, 1, 4<<10, "amd64"), ociImage(t, 1, 4<<10, "amd64")
+	foo := map[string]string{AnnotationImageName: "docker.io/library/foo:v1"}
+	ociClash := writeLayout(t, a, foo, nil, nil)
+	appendImage(t, ociClash, b, foo)
+	ociTwice := writeLayout(t, a, foo, nil, nil)
+	appendImage(t, ociTwice, a, foo)
+	appAndOther := writeLayout(t, a, map[string]string{AnnotationImageName: "docker.io/library/app:v1"}, nil, nil)
+	appendImage(t, appAndOther, b, map[string]string{AnnotationImageName: "example.com/other:v1"})
+
+	// docker save of two images, then manifest.json edited to give both
+	// one RepoTag (foo:v1 and docker.io/library/foo:v1 are one name).
+	saveTar := filepath.Join(t.TempDir(), "save.tar")
+	tagA, tagB := name.MustParseReference("example.com/a:1"), name.MustParseReference("example.com/b:1")
+	if err := tarball.MultiRefWriteToFile(saveTar, map[name.Reference]v1.Image{tagA: a, tagB: b}); err != nil {
+		t.Fatal(err)
+	}
+	saveClash := untar(t, saveTar)
+	retag(t, saveClash, "foo:v1", "docker.io/library/foo:v1")
+
+	for _, tc := range []struct {
+		name, path, override string
+		clash                string   // the name the error must give; "" = no error
+		want                 []string // image names imported
+	}{
+		{name: "oci annotations", path: tarDir(t, ociClash, false), clash: "docker.io/library/foo:v1"},
+		{name: "docker save RepoTags", path: saveClash, clash: "docker.io/library/foo:v1"},
+		{name: "--name REPOSITORY keeps both tags", path: appAndOther, override: "foo", clash: "docker.io/library/foo:v1"},
+		{name: "same image, same name", path: ociTwice, want: []string{"docker.io/library/foo:v1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tn := startTestNode(t)
+			res, err := Import(t.Context(), tc.path, ImportOptions{Node: tn.url, Name: tc.override})
+			if tc.clash == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for _, img := range res.Images {
+					got = append(got, img.Name)
+				}
+				if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+					t.Errorf("imported %v, want %v", got, tc.want)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("imported %+v, want an error: two images named %s", res.Images, tc.clash)
+			}
+			t.Logf("error: %v", err)
+			if !strings.Contains(err.Error(), " "+tc.clash+" ") || strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q does not name %s on one line", err, tc.clash)
+			}
+			for _, img := range []v1.Image{a, b} {
+				cfg, err := img.ConfigName()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tn.hasBlob(t, cfg.String()) {
+					t.Errorf("config %s pushed before the clash was found", cfg)
+				}
+			}
+			if status, _, _ := tn.get(t, "docker.io", "library/foo", "manifests", "v1"); status != http.StatusNotFound {
+				t.Errorf("foo:v1 tagged: status %d", status)
+			}
+		})
+	}
+}
+
+// appendImage adds img to the OCI layout in dir, annotated with ann.
+func appendImage(t *testing.T, dir string, img v1.Image, ann map[string]string) {
+	t.Helper()
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(ann)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// retag gives each image of the docker save folder dir the RepoTag tags[i].
+func retag(t *testing.T, dir string, tags ...string) {
+	t.Helper()
+	var m tarball.Manifest
+	if err := json.Unmarshal(readFile(t, filepath.Join(dir, "manifest.json")), &m); err != nil {
+		t.Fatal(err)
+	}
+	if len(m) != len(tags) {
+		t.Fatalf("manifest.json has %d images, want %d", len(m), len(tags))
+	}
+	for i := range m {
+		m[i].RepoTags = []string{tags[i]}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "manifest.json"), b)
+}
+
 // TestImportBadInput: a blob whose bytes do not match its digest, a
 // missing or truncated blob, or a path that is no archive fails with a
 // clear error, and nothing is visible under the bad digest or the tag.
@@ -387,19 +496,22 @@ func TestImportSendsBlobsOnce(t *testing.T) {
 	}
 }
 
-// countingTransport counts blob upload requests that carry data.
+// countingTransport counts requests, and blob upload requests that carry
+// data.
 type countingTransport struct {
-	next    *http.Transport
-	mu      sync.Mutex
-	uploads int
+	next     *http.Transport
+	mu       sync.Mutex
+	requests int
+	uploads  int
 }
 
 func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	c.requests++
 	if r.Method == http.MethodPatch || (r.Method == http.MethodPut && r.ContentLength > 0 && strings.Contains(r.URL.Path, "/blobs/uploads/")) {
-		c.mu.Lock()
 		c.uploads++
-		c.mu.Unlock()
 	}
+	c.mu.Unlock()
 	return c.next.RoundTrip(r)
 }
 

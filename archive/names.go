@@ -210,3 +210,30 @@ func tagsOf(names []string) []string {
 	}
 	return tags
 }
+
+// unique drops a name tgts gives one image twice, and refuses a name two
+// different images would get: the node keeps a tag for the image pushed
+// last, so the other would be lost without a word. src is the archive
+// and override --name, for the message.
+func unique(tgts [][]target, roots []root, src, override string) error {
+	first := map[string]v1.Hash{} // name -> the image it names
+	for i, ts := range tgts {
+		kept := ts[:0]
+		for _, t := range ts {
+			d, seen := first[t.name]
+			switch {
+			case !seen:
+				first[t.name] = roots[i].desc.Digest
+				kept = append(kept, t)
+			case d != roots[i].desc.Digest && override == "":
+				return fmt.Errorf("two images in %s are both named %s (%s and %s); nothing imported: put each in an archive of its own",
+					src, t.name, d, roots[i].desc.Digest)
+			case d != roots[i].desc.Digest:
+				return fmt.Errorf("two images in %s would both be named %s (%s and %s): --name %s keeps each image's tag; nothing imported: import without --name, or each image from an archive of its own",
+					src, t.name, d, roots[i].desc.Digest, override)
+			}
+		}
+		tgts[i] = kept
+	}
+	return nil
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -67,7 +68,7 @@ func (c *cli) exportCmd() *cobra.Command {
 		quiet bool
 	)
 	cmd := &cobra.Command{
-		Use:   "export REF... -o FILE",
+		Use:   "export REF... -o FILE|-",
 		Short: "Write images from a node to an oci-archive tar, digests unchanged",
 		Long: `Write the images REF... (by tag or digest, as the node serves them) to FILE,
 an oci-archive: an OCI image layout in a tar, each REF an index.json entry
@@ -77,31 +78,53 @@ docker-archive re-encodes them). 'imgmesh import', 'ctr images import' and
 'skopeo copy oci-archive:FILE:TAG ...' read it.
 
 The node pulls through what it does not hold yet, so on a connected machine
-one export gathers an image for a line without internet.`,
+one export gathers an image for a line without internet.
+
+-o - writes the tar to stdout (the list of images then goes to stderr).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, refs []string) error {
 			if out == "" {
 				return usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("-o FILE is required")}
+			}
+			// -o - writes the tar to stdout, as docker save -o - does; the
+			// list of images then goes to stderr, out of the tar's way.
+			toStdout := out == "-"
+			if toStdout && isTerminal(cmd.OutOrStdout()) {
+				return errors.New("-o -: stdout is a terminal; redirect it to a file or a pipe, or give -o FILE")
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if !quiet {
 				opts.Progress = archive.NewProgress(c.stderr, "export", isTerminal(c.stderr))
 			}
-			res, err := archive.Export(ctx, refs, out, opts)
+			var (
+				res  *archive.ExportResult
+				err  error
+				list = cmd.OutOrStdout()
+				dest = out
+			)
+			if toStdout {
+				res, err = archive.ExportTo(ctx, refs, cmd.OutOrStdout(), opts)
+				list, dest = c.stderr, "stdout"
+			} else {
+				res, err = archive.Export(ctx, refs, out, opts)
+			}
+			if _, ok := errors.AsType[*archive.OutputError](err); ok {
+				return fmt.Errorf("-o %w", err)
+			}
 			if err != nil {
 				return err
 			}
 			for _, img := range res.Images {
-				fmt.Fprintf(cmd.OutOrStdout(), "exported %s %s\n", img.Name, img.Digest)
+				fmt.Fprintf(list, "exported %s %s\n", img.Name, img.Digest)
 			}
 			if !quiet {
-				fmt.Fprintf(c.stderr, "%d blobs, %s written to %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), out)
+				fmt.Fprintf(c.stderr, "%d blobs, %s written to %s\n", res.Blobs, humanize.IBytes(uint64(res.Bytes)), dest)
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&out, "output", "o", "", "the oci-archive file to write (required)")
+	cmd.Flags().StringVarP(&out, "output", "o", "", "the oci-archive file to write, - for stdout (required)")
 	cmd.Flags().StringVar(&opts.Node, "node", defaultNodeURL, "URL of the node's registry API (http://user:password@host:port for basic auth)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
 	return cmd
