@@ -21,6 +21,7 @@ func TestBadInput(t *testing.T) {
 	big := append([]byte(`{"mediaType":"`+ocispec.MediaTypeImageManifest+`","x":"`), bytes.Repeat([]byte("a"), 4<<20)...)
 	big = append(big, `"}`...)
 	sha512 := digest.SHA512.FromBytes(blob)
+	badSubject := imageManifest(t, []byte("c"), blob, &ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: "sha256:1", Size: 1}, "")
 	session := "{session}" // replaced by a fresh upload session URL path
 	tests := []struct {
 		name, method, path string
@@ -54,12 +55,9 @@ func TestBadInput(t *testing.T) {
 		{name: "manifest media type mismatch", method: "PUT", path: "/v2/app/manifests/v2", body: man, hdr: []string{"Content-Type", ocispec.MediaTypeImageIndex}, status: 400, code: "MANIFEST_INVALID"},
 		{name: "manifest without media type", method: "PUT", path: "/v2/app/manifests/v2", body: []byte(`{"schemaVersion":2}`), status: 400, code: "MANIFEST_INVALID"},
 		{name: "manifest digest mismatch", method: "PUT", path: "/v2/app/manifests/" + digest.FromString("x").String(), body: man, hdr: []string{"Content-Type", ocispec.MediaTypeImageManifest}, status: 400, code: "DIGEST_INVALID"},
-		{name: "manifest bad subject", method: "PUT", path: "/v2/app/manifests/v2", body: []byte(`{"mediaType":"` + ocispec.MediaTypeImageManifest + `","subject":{"digest":"sha256:1"}}`), hdr: []string{"Content-Type", ocispec.MediaTypeImageManifest}, status: 400, code: "MANIFEST_INVALID"},
+		{name: "manifest bad subject", method: "PUT", path: "/v2/app/manifests/v2", body: badSubject, hdr: []string{"Content-Type", ocispec.MediaTypeImageManifest}, status: 400, code: "MANIFEST_INVALID"},
 		{name: "manifest bad tag param", method: "PUT", path: "/v2/app/manifests/" + digest.FromBytes(man).String() + "?tag=.bad", body: man, hdr: []string{"Content-Type", ocispec.MediaTypeImageManifest}, status: 400, code: "MANIFEST_INVALID"},
-		{name: "range reversed", method: "GET", path: "/v2/app/blobs/" + bd.String(), hdr: []string{"Range", "bytes=10-2"}, status: 416, code: "RANGE_INVALID"},
 		{name: "range beyond end", method: "GET", path: "/v2/app/blobs/" + bd.String(), hdr: []string{"Range", "bytes=100-200"}, status: 416, code: "RANGE_INVALID"},
-		{name: "range garbage", method: "GET", path: "/v2/app/blobs/" + bd.String(), hdr: []string{"Range", "bytes=a-b"}, status: 416, code: "RANGE_INVALID"},
-		{name: "range wrong unit", method: "GET", path: "/v2/app/blobs/" + bd.String(), hdr: []string{"Range", "items=0-1"}, status: 416, code: "RANGE_INVALID"},
 		{name: "range empty suffix", method: "GET", path: "/v2/app/blobs/" + bd.String(), hdr: []string{"Range", "bytes=-0"}, status: 416, code: "RANGE_INVALID"},
 		{name: "missing blob", method: "GET", path: "/v2/app/blobs/" + sha512.String(), status: 404, code: "BLOB_UNKNOWN"},
 		{name: "missing manifest", method: "GET", path: "/v2/app/manifests/nope", status: 404, code: "MANIFEST_UNKNOWN"},

@@ -53,15 +53,17 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, rt route) {
 	}
 	if rh := r.Header.Get("Range"); rh != "" {
 		ranges, err := parseRange(rh, c.Size)
-		if err != nil {
+		_, isFile := c.Body.(*os.File)
+		switch {
+		case errors.Is(err, errRangeSyntax):
+			// RFC 9110 §14.2: a Range of another unit or with an invalid
+			// range set is ignored; the whole blob is served.
+			r.Header.Del("Range")
+		case err != nil:
 			h.Set("Content-Range", "bytes */"+itoa(c.Size))
 			s.fail(w, r, apiError(CodeRangeInvalid, map[string]string{"range": rh, "reason": err.Error()}).wrap(err))
 			return
-		}
-		// ServeContent re-parses Range: hand it exactly what was validated.
-		r.Header.Set("Range", formatRange(ranges))
-		_, isFile := c.Body.(*os.File)
-		if (!isFile && len(ranges) > 1) || (c.Arriving && ranges[0].start+ranges[0].length < c.Size) {
+		case (!isFile && len(ranges) > 1) || (c.Arriving && ranges[0].start+ranges[0].length < c.Size):
 			// Sent whole instead (a server may ignore Range): a multipart
 			// answer is written from a goroutine that can outlive this
 			// handler; and a range of a blob still arriving that stops
@@ -69,6 +71,9 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request, rt route) {
 			// yet verified, where a whole body's last byte waits for the
 			// digest (a blob that fails ends in a cut connection).
 			r.Header.Del("Range")
+		default:
+			// ServeContent re-parses Range: hand it exactly what was validated.
+			r.Header.Set("Range", formatRange(ranges))
 		}
 	}
 	s.serveBlob(w, r, c)

@@ -1,11 +1,11 @@
 package registryapi
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"strings"
 
@@ -57,10 +57,11 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, rt route, r
 	}
 }
 
-// putManifest stores a pushed manifest: bounded, valid JSON whose media type
-// matches its Content-Type, hashing to the digest it is pushed by. Blobs it
-// references need not be present (sparse and non-distributable manifests
-// are accepted, as the conformance suite expects); a missing subject is fine.
+// putManifest stores a pushed manifest: bounded, a well-formed manifest of a
+// supported media type (parseManifest), hashing to the digest it is pushed
+// by. Blobs it references need not be present (sparse and non-distributable
+// manifests are accepted, as the conformance suite expects); a missing
+// subject is fine.
 func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt route, ref reference) {
 	ctx := r.Context()
 	tooBig := apiError(CodeManifestInvalid, fmt.Sprintf("manifest larger than %d bytes", s.maxMan)).withStatus(http.StatusRequestEntityTooLarge)
@@ -152,29 +153,26 @@ func (s *Server) storeManifest(r *http.Request, key string, rec blobstore.Manife
 }
 
 // parseManifest validates a pushed manifest and builds its index record
-// (everything but the digest): Content-Type names the media type and must
-// agree with the body's mediaType field.
+// (everything but the digest). Nothing is stored unless it passes: a manifest
+// is kept and served as it is, so a malformed one would fail every pull.
 func parseManifest(body []byte, contentType string) (blobstore.Manifest, *Error) {
 	invalid := func(reason string, err error) (blobstore.Manifest, *Error) {
 		return blobstore.Manifest{}, apiError(CodeManifestInvalid, map[string]string{"reason": reason}).wrap(err)
 	}
-	mt := blobstore.BodyMediaType(body)
-	if contentType != "" {
-		parsed, _, err := mime.ParseMediaType(contentType)
-		if err != nil {
-			return invalid("invalid Content-Type", err)
-		}
-		if mt != "" && mt != parsed {
-			return invalid(fmt.Sprintf("mediaType %q does not match Content-Type %q", mt, parsed), nil)
-		}
-		mt = parsed
+	var doc manifestDoc
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return invalid("not a valid manifest: "+err.Error(), err)
+	}
+	mt, err := manifestMediaType(contentType, doc.MediaType)
+	if err != nil {
+		return invalid(err.Error(), err)
+	}
+	if err := checkManifest(doc, mt); err != nil {
+		return invalid(err.Error(), err)
 	}
 	rec, err := blobstore.ParseManifest(body, mt, "")
 	if err != nil {
 		return invalid(err.Error(), err)
-	}
-	if rec.MediaType == "" {
-		return invalid("no media type: set Content-Type", nil)
 	}
 	return rec, nil
 }

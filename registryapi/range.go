@@ -21,11 +21,12 @@ const maxRanges = 16
 
 // parseRange parses a Range header ("bytes=a-b, c-, -n") against a blob of
 // size bytes. It returns the satisfiable ranges, clamped to the blob, or an
-// error: errRangeSyntax for a malformed header (including b < a), or
-// errRangeUnsatisfiable when no range overlaps the blob.
+// error: errRangeSyntax for a header to ignore (a unit other than bytes, a
+// malformed range set), or errRangeUnsatisfiable for a range with b < a or
+// when no range overlaps the blob.
 func parseRange(h string, size int64) ([]byteRange, error) {
-	spec, ok := strings.CutPrefix(h, "bytes=")
-	if !ok || size < 0 {
+	unit, spec, ok := strings.Cut(h, "=")
+	if !ok || !strings.EqualFold(unit, "bytes") || size < 0 { // range units are case-insensitive
 		return nil, errRangeSyntax
 	}
 	parts := strings.Split(spec, ",")
@@ -61,7 +62,9 @@ func parseRange(h string, size int64) ([]byteRange, error) {
 				return nil, err
 			}
 			if end < start {
-				return nil, errRangeSyntax
+				// Invalid rather than malformed: RFC 9110 lets a server
+				// ignore or reject it; the OCI conformance suite wants 416.
+				return nil, errRangeUnsatisfiable
 			}
 		}
 		if start >= size {

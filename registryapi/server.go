@@ -32,7 +32,8 @@ type Options struct {
 	// UploadIdleTimeout cancels upload sessions idle this long. Default 15m.
 	UploadIdleTimeout time.Duration
 
-	now func() time.Time // tests
+	now        func() time.Time // tests
+	sweepEvery time.Duration    // tests; default: a minute, at most UploadIdleTimeout
 }
 
 // Keyer is implemented by a Source that keeps a repository in the store under
@@ -54,8 +55,9 @@ type Server struct {
 }
 
 // New returns the registry API handler: /v2/..., /healthz, /readyz and
-// /metrics. It starts no goroutine; idle uploads are swept when new ones
-// start. The handler is a *Server; call its Close on shutdown.
+// /metrics. It starts no goroutine; while uploads are open, a timer sweeps
+// idle ones every minute. The handler is a *Server; call its Close on
+// shutdown.
 func New(opts Options) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -72,6 +74,9 @@ func New(opts Options) http.Handler {
 	if opts.now == nil {
 		opts.now = time.Now
 	}
+	if opts.sweepEvery <= 0 {
+		opts.sweepEvery = min(time.Minute, opts.UploadIdleTimeout)
+	}
 	g := opts.Gatherer
 	if g == nil {
 		if rg, ok := opts.Registerer.(prometheus.Gatherer); ok {
@@ -87,11 +92,11 @@ func New(opts Options) http.Handler {
 		m:        newMetrics(opts.Registerer),
 		metricsH: promhttp.HandlerFor(g, promhttp.HandlerOpts{}),
 		maxMan:   opts.MaxManifestSize,
-		uploads:  newUploads(opts.MaxUploads, opts.UploadIdleTimeout, opts.now),
+		uploads:  newUploads(opts.MaxUploads, opts.UploadIdleTimeout, opts.sweepEvery, opts.now),
 	}
 }
 
-// Close cancels every open upload session.
+// Close stops the upload sweeps and cancels every open upload session.
 func (s *Server) Close() error {
 	s.uploads.closeAll()
 	return nil

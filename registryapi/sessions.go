@@ -24,19 +24,28 @@ type session struct {
 	last time.Time // guarded by uploads.mu: end of the last request
 }
 
-// uploads is the in-memory table of upload sessions: bounded in number,
-// idle sessions swept (writer cancelled) whenever a new one starts, so no
-// goroutine is needed.
+// uploads is the in-memory table of upload sessions: bounded in number, idle
+// sessions swept (writer cancelled, temp data removed) every sweep period
+// while any is open, and whenever a new one starts. A client that gives up
+// without DELETE leaves its session to the sweep.
 type uploads struct {
-	mu   sync.Mutex
-	m    map[string]*session
-	max  int
-	idle time.Duration
-	now  func() time.Time
+	mu    sync.Mutex
+	m     map[string]*session
+	max   int
+	idle  time.Duration
+	every time.Duration // sweep period
+	now   func() time.Time
+
+	// A timer, not a goroutine, waits for the next sweep, and only while
+	// sessions are open: a server without uploads holds nothing, even if
+	// never closed.
+	timer    *time.Timer    // guarded by mu: the next sweep, nil if none is due
+	closed   bool           // guarded by mu: closeAll was called
+	sweeping sync.WaitGroup // timer sweeps in progress; closeAll waits for them
 }
 
-func newUploads(max int, idle time.Duration, now func() time.Time) *uploads {
-	return &uploads{m: map[string]*session{}, max: max, idle: idle, now: now}
+func newUploads(max int, idle, every time.Duration, now func() time.Time) *uploads {
+	return &uploads{m: map[string]*session{}, max: max, idle: idle, every: every, now: now}
 }
 
 // start sweeps idle sessions, then opens a writer for a new session of
@@ -54,7 +63,34 @@ func (u *uploads) start(ctx context.Context, store blobstore.Store, name, key st
 	}
 	s := &session{id: uuid.NewString(), name: name, key: key, w: w, last: u.now()}
 	u.m[s.id] = s
+	u.scheduleLocked()
 	return s, nil
+}
+
+// scheduleLocked arms the sweep timer unless one is due, no session is open
+// or the table is closed. u.mu is held.
+func (u *uploads) scheduleLocked() {
+	if u.timer == nil && !u.closed && len(u.m) > 0 {
+		u.timer = time.AfterFunc(u.every, u.tick)
+	}
+}
+
+// tick is the sweep timer firing: sweep, and again later while sessions
+// remain.
+func (u *uploads) tick() {
+	u.mu.Lock()
+	u.timer = nil
+	if u.closed {
+		u.mu.Unlock()
+		return
+	}
+	u.sweeping.Add(1)
+	u.mu.Unlock()
+	defer u.sweeping.Done()
+	u.sweep()
+	u.mu.Lock()
+	u.scheduleLocked()
+	u.mu.Unlock()
 }
 
 // sweep cancels sessions that nobody uses and that were idle too long.
@@ -120,9 +156,15 @@ func (u *uploads) fail(s *session) {
 	_ = s.w.Cancel()
 }
 
-// closeAll cancels every session, waiting for requests working on them.
+// closeAll stops the sweeps and cancels every session, waiting for
+// requests working on them and for a sweep in progress.
 func (u *uploads) closeAll() {
 	u.mu.Lock()
+	u.closed = true
+	if u.timer != nil {
+		u.timer.Stop()
+		u.timer = nil
+	}
 	all := make([]*session, 0, len(u.m))
 	for id, s := range u.m {
 		delete(u.m, id)
@@ -137,6 +179,7 @@ func (u *uploads) closeAll() {
 		}
 		s.mu.Unlock()
 	}
+	u.sweeping.Wait()
 }
 
 // count reports open sessions (tests, metrics).

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -213,4 +216,65 @@ func TestShortBodyFailsUpload(t *testing.T) {
 	if o, c := cs.opened.Load(), cs.cancelled.Load(); o != c {
 		t.Fatalf("writers opened %d, cancelled %d", o, c)
 	}
+}
+
+// TestAbandonedUploadSwept: a session a client leaves without DELETE (an
+// import that failed half way) is swept by the server itself once idle, with
+// no new upload to trigger it: its URL answers 404 and its temp file and file
+// descriptor are gone.
+func TestAbandonedUploadSwept(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	store, err := blobstore.Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	var mu sync.Mutex
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	ts := newTestServer(t, func(o *Options) {
+		o.Store, o.Source = store, storeSource{store}
+		o.now, o.sweepEvery = clock, 5*time.Millisecond
+	})
+	ingest := filepath.Join(dir, "ingest")
+
+	u := startSession(t, ts, "r")
+	want(t, do(t, "PATCH", u, []byte("half an import")), http.StatusAccepted, "")
+	if n, fds := ingestUse(t, ingest); n != 1 || (runtime.GOOS == "linux" && fds != 1) {
+		t.Fatalf("during the upload: %d temp files, %d open", n, fds)
+	}
+
+	mu.Lock()
+	now = now.Add(15*time.Minute + time.Second) // the default idle timeout passes
+	mu.Unlock()
+	deadline := time.Now().Add(3 * time.Second)
+	for n, fds := ingestUse(t, ingest); n+fds > 0; n, fds = ingestUse(t, ingest) {
+		if time.Now().After(deadline) {
+			t.Fatalf("abandoned upload not swept: %d temp files, %d open", n, fds)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	want(t, do(t, "GET", u, nil), http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN")
+	want(t, do(t, "PATCH", u, []byte("more")), http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN")
+	if n := ts.api.uploads.count(); n != 0 {
+		t.Fatalf("%d sessions left", n)
+	}
+}
+
+// ingestUse counts the temp files in dir and, on Linux, the file descriptors
+// of this process open on them.
+func ingestUse(t *testing.T, dir string) (files, fds int) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, _ := filepath.Glob("/proc/self/fd/*")
+	for _, l := range links {
+		if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, dir+string(filepath.Separator)) {
+			fds++
+		}
+	}
+	return len(entries), fds
 }
