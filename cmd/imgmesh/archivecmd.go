@@ -1,17 +1,21 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"github.com/imgmesh/imgmesh/admin"
 	"github.com/imgmesh/imgmesh/archive"
 )
 
@@ -19,6 +23,7 @@ func (c *cli) importCmd() *cobra.Command {
 	var (
 		opts  archive.ImportOptions
 		quiet bool
+		noPin bool
 	)
 	cmd := &cobra.Command{
 		Use:   "import PATH",
@@ -33,7 +38,10 @@ docker RepoTags); --name REF replaces them for a one-image archive, --name
 REPOSITORY keeps the archive's tags under another repository. A name like
 docker.io/library/nginx:1.27 lands where containerd's mirror pull of it looks.
 A docker save archive has no registry manifest: an OCI manifest is made for it,
-with the config and layers as they are (uncompressed layers stay uncompressed).`,
+with the config and layers as they are (uncompressed layers stay uncompressed).
+
+What is imported is pinned, as a prefetch pins: a disk quota (--max-disk)
+does not evict it. --no-pin leaves it to the quota like any pulled image.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -52,13 +60,35 @@ with the config and layers as they are (uncompressed layers stay uncompressed).`
 			if !quiet {
 				fmt.Fprintf(c.stderr, "%d image name(s), %s from %s %s\n", len(res.Images), humanize.IBytes(uint64(res.Bytes)), res.Format, args[0])
 			}
+			if noPin || len(res.Images) == 0 {
+				return nil
+			}
+			if err := pinImported(ctx, opts.Node, res.Images); err != nil {
+				return fmt.Errorf("imported, but not pinned (a disk quota may evict it): %w", err)
+			}
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&noPin, "no-pin", false, "do not pin what is imported (a disk quota may then evict it)")
 	cmd.Flags().StringVar(&opts.Node, "node", defaultNodeURL, "URL of the node's registry API (http://user:password@host:port for basic auth)")
 	cmd.Flags().StringVar(&opts.Name, "name", "", "image name to use instead of the archive's: REF (one-image archive) or REPOSITORY (keeps the archive's tags)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
 	return cmd
+}
+
+// pinImported pins each imported image by digest through the node's images
+// API, so that a quota cannot evict what a line without internet depends on.
+func pinImported(ctx context.Context, nodeURL string, images []archive.Image) error {
+	api, err := newNodeAPI(nodeURL)
+	if err != nil {
+		return err
+	}
+	refs := make([]string, len(images))
+	for i, img := range images {
+		refs[i] = img.Name + "@" + img.Digest.String()
+	}
+	var res []admin.PinResult
+	return api.call(ctx, http.MethodPost, admin.ImagesPath+"/pin", imgRefsBody(refs, ""), http.StatusOK, &res, 2*time.Minute)
 }
 
 func (c *cli) exportCmd() *cobra.Command {

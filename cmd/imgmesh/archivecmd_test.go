@@ -71,6 +71,10 @@ func TestExportToStdout(t *testing.T) {
 	if code, out, errOut := runCLI(t, nil, "import", "-q", "--node", node, src); code != 0 {
 		t.Fatalf("import: exit %d\n%s%s", code, out, errOut)
 	}
+	// What is imported is pinned: a quota does not evict it.
+	if code, out, errOut := runCLI(t, nil, "images", "ls", "-o", "json", "--node", node); code != 0 || !strings.Contains(out, `"pinned": true`) {
+		t.Fatalf("images ls after import: exit %d, want the image pinned\n%s%s", code, out, errOut)
+	}
 
 	code, out, errOut := runCLI(t, nil, "export", "-q", "--node", node, "app:v1", "-o", "-")
 	if want := "exported docker.io/library/app:v1 " + d.String() + "\n"; code != 0 || errOut != want {
