@@ -47,6 +47,10 @@ func (c *cli) peersCmd() *cobra.Command {
 			if err := api.call(cmd.Context(), http.MethodGet, admin.PeersPath, nil, http.StatusOK, &peers, 10*time.Second); err != nil {
 				return err
 			}
+			if len(peers) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "no fleet: the node runs alone (--mesh=false, or gossip did not start; see its log)")
+				return nil
+			}
 			sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tADDRESSES\tSTATE\tLAST SEEN\tLABELS")

@@ -46,3 +46,14 @@ func TestNodeAPIErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestPeersOfALoneNode: peers on a node without a fleet says so instead of
+// printing an empty table.
+func TestPeersOfALoneNode(t *testing.T) {
+	t.Parallel()
+	n := startServe(t, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--upstream", "none")
+	code, out, errOut := runCLI(t, nil, "peers", "--node", "http://"+n.addr)
+	if code != 0 || !strings.Contains(out, "no fleet: the node runs alone") {
+		t.Fatalf("peers of a lone node: exit %d\n%s%s", code, out, errOut)
+	}
+}
