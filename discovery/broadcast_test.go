@@ -201,3 +201,49 @@ func TestSendToReachesTheNamedMember(t *testing.T) {
 		t.Errorf("SendTo after Close: %v, want errClosed", err)
 	}
 }
+
+// TestCloseWhileACallbackBroadcasts: Close waits for a Channel callback to
+// return, and the callback may broadcast (prefetch answers a push/pull that
+// echoes its own report). Close once held the fleet's lock while it waited,
+// and the callback waited for that lock: a node hung on SIGTERM.
+func TestCloseWhileACallbackBroadcasts(t *testing.T) {
+	t.Parallel()
+	var f *Fleet
+	inCallback := make(chan struct{})
+	var once sync.Once
+	ch := Channel{
+		State: func() []byte { return []byte("state") },
+		OnState: func([]byte) {
+			once.Do(func() { close(inCallback) })
+			// Broadcast only once Close has started (holds or wants the
+			// lock): the interleaving that hung.
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if !f.mu.TryRLock() {
+					break
+				}
+				closed := f.closed
+				f.mu.RUnlock()
+				if closed {
+					break
+				}
+			}
+			_ = f.BroadcastNamed("report/x", []byte("my report again"))
+		},
+	}
+	var err error
+	if f, err = New(Options{Name: "a", BindAddr: "127.0.0.1:0", Timing: fast(), Channel: ch, Logger: testLogger(t)}); err != nil {
+		t.Fatal(err)
+	}
+	f.del.MergeRemoteState([]byte("a member's state"), false) // as a push/pull delivers it
+	<-inCallback
+	done := make(chan error, 1)
+	go func() { done <- f.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close did not return: it waits for a callback that waits for Close's lock")
+	}
+}

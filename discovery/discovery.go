@@ -300,17 +300,24 @@ func (f *Fleet) Close() error { return f.shutdown(true) }
 func (f *Fleet) shutdown(leave bool) error {
 	f.cancel()
 	f.wg.Wait() // join loop: at most one in-flight dial (TCPTimeout)
+	// The lock only marks the Fleet closed: from then on Join, UpdateMeta,
+	// Broadcast and SendTo return errClosed without touching memberlist.
+	// The teardown below must not hold it: it waits for the Channel's
+	// callback, which may itself broadcast (prefetch answers a push/pull
+	// that echoes its report), and that takes the read lock.
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.closed {
+		f.mu.Unlock()
 		return nil
 	}
 	f.closed = true
+	meta := f.meta
+	f.mu.Unlock()
 	var err error
 	if leave {
 		// Say "leaving" in our meta first, so others record a "left" rather
 		// than a failure: memberlist's leave event does not tell them apart.
-		if enc, _, e := encodeMeta(f.meta, true, MetaMaxSize); e == nil {
+		if enc, _, e := encodeMeta(meta, true, MetaMaxSize); e == nil {
 			f.del.setMeta(enc)
 			if e := f.ml.UpdateNode(f.t.LeaveTimeout); e != nil {
 				f.log.Debug("leaving flag still spreading", "err", e)

@@ -83,7 +83,10 @@ func (m *Manager) merge(s snapshot) {
 	}
 	for _, r := range s.Reports {
 		if m.rt != nil && r.Member == m.rt.Self {
-			if own, ok := m.t.report(r.Order, r.Member); ok && r.Version >= own.Version {
+			// Our own report coming back (same version) needs no answer;
+			// a newer claim about us (another member's) is answered with
+			// our report under a version above it.
+			if own, ok := m.t.report(r.Order, r.Member); ok && r.Version > own.Version {
 				m.clock = max(m.clock, r.Version)
 				own.Version = versionAfter(m.clock, now)
 				m.clock = own.Version
@@ -112,9 +115,9 @@ func (m *Manager) merge(s snapshot) {
 // send gossips msg (nothing for a lone node).
 func (m *Manager) send(msg message) {
 	m.mu.Lock()
-	rt := m.rt
+	rt, closed := m.rt, m.closed
 	m.mu.Unlock()
-	if rt == nil || rt.Broadcast == nil {
+	if rt == nil || rt.Broadcast == nil || closed {
 		return
 	}
 	b, err := json.Marshal(msg)

@@ -86,6 +86,7 @@ type Manager struct {
 	clock   int64              // largest version seen for this member's reports
 	dirty   map[string]bool    // orders whose own report has unsent progress
 	unsaved bool               // orders or report states changed since the file was written (progress alone is not kept)
+	closed  bool               // Close ran: gossip that still arrives is kept, not answered
 
 	saveMu sync.Mutex // one file write at a time, in order
 
@@ -182,6 +183,9 @@ func (m *Manager) Close() error {
 		m.cancel()
 	}
 	m.wg.Wait()
+	m.mu.Lock()
+	m.closed = true // the fleet goes next: nothing more is sent into it
+	m.mu.Unlock()
 	return m.save()
 }
 

@@ -438,3 +438,51 @@ func TestMemberThatDroppedOutBeforeReportingStaysInTheStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnReportEchoedIsNotResent: a member's own report coming back in
+// another member's state (every push/pull carries it) is not sent again,
+// and after Close nothing is sent at all (the fleet is closing next).
+func TestOwnReportEchoedIsNotResent(t *testing.T) {
+	m, err := New(fastOptions(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var sent []message
+	if err := m.Start(Runtime{Self: "a", Puller: &fakePuller{}, Broadcast: func(_ string, b []byte) error {
+		var msg message
+		_ = json.Unmarshal(b, &msg)
+		mu.Lock()
+		sent = append(sent, msg)
+		mu.Unlock()
+		return nil
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := m.Create(context.Background(), Request{Refs: []string{"app:v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStates(t, m, o.ID, map[string]State{"a": Complete})
+	time.Sleep(100 * time.Millisecond) // progress flushes (ReportInterval 20 ms) settle
+	echo := m.State()
+	mu.Lock()
+	before := len(sent)
+	mu.Unlock()
+	m.OnState(echo)
+	mu.Lock()
+	if len(sent) != before {
+		t.Errorf("own report echoed back was sent again: %+v", sent[before:])
+	}
+	mu.Unlock()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	forged := mustJSON(t, message{Report: &Report{Order: o.ID, Member: "a", State: Failed, Version: time.Now().Add(time.Hour).UnixNano()}})
+	m.OnMessage(forged)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sent) != before {
+		t.Errorf("sent after Close: %+v", sent[before:])
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -103,6 +104,16 @@ type proc struct {
 	tailN   int           // lines of output shown when the test failed
 	done    chan struct{} // closed when the process exited
 	err     error         // Wait's result, valid after done
+	// termSent: SIGTERM went to the process (a node stops on the first
+	// and dies on the second).
+	termSent atomic.Bool
+}
+
+// terminate sends SIGTERM once.
+func (p *proc) terminate() {
+	if !p.termSent.Swap(true) {
+		_ = syscall.Kill(-p.pid, syscall.SIGTERM)
+	}
 }
 
 // startProc starts argv with its output in a log file, and stops it (and
@@ -152,7 +163,9 @@ func (p *proc) exited() bool {
 func (p *proc) stop(t *testing.T) error {
 	t.Helper()
 	if !p.exited() {
-		_ = syscall.Kill(-p.pid, syscall.SIGTERM)
+		if !p.termSent.Swap(true) { // a second SIGTERM would end it before it says where it hangs
+			_ = syscall.Kill(-p.pid, syscall.SIGTERM)
+		}
 		start := time.Now()
 		select {
 		case <-p.done:

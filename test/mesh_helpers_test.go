@@ -129,7 +129,7 @@ func stopTogether(t *testing.T, nodes ...*meshNode) {
 		for _, n := range nodes {
 			if !n.proc.exited() {
 				_ = syscall.Kill(n.proc.pid, syscall.SIGCONT)
-				_ = syscall.Kill(-n.proc.pid, syscall.SIGTERM)
+				n.proc.terminate()
 			}
 		}
 		start := time.Now()

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -85,7 +86,10 @@ func pinImported(ctx context.Context, nodeURL string, images []archive.Image) er
 	}
 	refs := make([]string, len(images))
 	for i, img := range images {
-		refs[i] = img.Name + "@" + img.Digest.String()
+		refs[i] = img.Name
+		if !strings.Contains(img.Name, "@") { // a name by digest already is one
+			refs[i] += "@" + img.Digest.String()
+		}
 	}
 	var res []admin.PinResult
 	return api.call(ctx, http.MethodPost, admin.ImagesPath+"/pin", imgRefsBody(refs, ""), http.StatusOK, &res, 2*time.Minute)

@@ -202,6 +202,9 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	// A second SIGINT/SIGTERM now ends the process at once: a stop that
+	// hangs can be cut short by its operator.
+	stop()
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
