@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +50,9 @@ type Meta struct {
 	Accessed time.Time // last commit or Touch (Touch is persisted in batches)
 }
 
+// ErrInUse: another process has the store open (its index is locked).
+var ErrInUse = errors.New("in use by another process (another imgmesh on the same --data-dir?)")
+
 // Open opens (creating if needed) the store in dir. A nil logger discards.
 // Temp files left in DIR/ingest by a crash are removed, and the index is
 // reconciled with the blob files (a crash between rename and index write, or
@@ -66,12 +70,15 @@ func Open(dir string, logger *slog.Logger) (*Files, error) {
 	}
 	for _, d := range []string{f.ingest, filepath.Join(dir, "blobs"), filepath.Join(dir, "index")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("open store: %w", err)
+			return nil, err // callers say which store
 		}
 	}
 	db, err := badger.Open(indexOptions(filepath.Join(dir, "index"), logger))
 	if err != nil {
-		return nil, fmt.Errorf("open store index %s: %w", dir, err)
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") { // badger has no typed error for it
+			return nil, ErrInUse
+		}
+		return nil, fmt.Errorf("index: %w", err)
 	}
 	f.db = db
 	// The index lock is held now: no other process uses this ingest dir.
