@@ -7,10 +7,10 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/imgmesh/imgmesh/internal/testlog"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -180,10 +180,10 @@ func TestFleetKeyKeepsStrangersOut(t *testing.T) {
 
 	// Strangers keep retrying in the background the whole test long, and
 	// say once why they cannot join.
-	var wrongLog, openLog syncBuffer
+	var wrongLog, openLog testlog.Buffer
 	wrong := start(t, Options{Name: "wrong-key", Key: other, Join: []string{a.Addr(), b.Addr()}, Logger: slog.New(slog.NewTextHandler(&wrongLog, nil))})
 	open := start(t, Options{Name: "no-key", Join: []string{a.Addr(), b.Addr()}, Logger: slog.New(slog.NewTextHandler(&openLog, nil))})
-	for _, l := range []*syncBuffer{&wrongLog, &openLog} {
+	for _, l := range []*testlog.Buffer{&wrongLog, &openLog} {
 		eventually(t, 10*time.Second, func() error {
 			if !strings.Contains(l.String(), "level=ERROR") || !strings.Contains(l.String(), "another fleet key") {
 				return fmt.Errorf("no error naming the fleet key in the log:\n%s", l.String())
@@ -251,22 +251,4 @@ func TestNewRejectsBadOptions(t *testing.T) {
 			}
 		})
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

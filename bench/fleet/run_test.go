@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmesh/imgmesh/bench/internal/benchkit"
+	"github.com/imgmesh/imgmesh/internal/testlog"
 )
 
 // imgmeshBin is the binary the runs start, built once when a test needs it.
@@ -64,24 +65,6 @@ func smallRun(t *testing.T, n int, size int64) Config {
 	return cfg
 }
 
-// syncBuffer is a log the run writes from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // checkRun asserts what any run must show: every scenario with its
 // pullers, the baseline complete with each device's bytes from the
 // upstream, every finished device holding the whole verified image, and
@@ -130,7 +113,7 @@ func TestRunLoopback(t *testing.T) {
 	cfg := smallRun(t, 3, 2e6)
 	cfg.Loopback = true
 	cfg.Uplink = 20e6 / 8 // the in-process uplink: the baseline takes about 2.4 s
-	var log syncBuffer
+	var log testlog.Buffer
 	res, err := Run(context.Background(), cfg, &log)
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log.String())
@@ -166,7 +149,7 @@ func TestRunNetns(t *testing.T) {
 	}
 	cfg := smallRun(t, 2, 4e6)
 	cfg.Scenarios = []Scenario{Baseline, Cold}
-	var log syncBuffer
+	var log testlog.Buffer
 	res, err := Run(context.Background(), cfg, &log)
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log.String())
@@ -195,7 +178,7 @@ func TestRunNetns(t *testing.T) {
 
 // cancelOn cancels when the log says s.
 type cancelOn struct {
-	syncBuffer
+	testlog.Buffer
 	s      string
 	cancel context.CancelFunc
 }
@@ -204,7 +187,7 @@ func (c *cancelOn) Write(p []byte) (int, error) {
 	if bytes.Contains(p, []byte(c.s)) {
 		c.cancel()
 	}
-	return c.syncBuffer.Write(p)
+	return c.Buffer.Write(p)
 }
 
 func checkNoNamespaces(t *testing.T) {
