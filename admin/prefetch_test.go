@@ -24,7 +24,10 @@ func (instantPuller) PullImage(_ context.Context, name node.Name, ref string, _ 
 	return digest.FromString(name.Repo + ref), nil
 }
 
-func TestPrefetchAPI(t *testing.T) {
+// soloPrefetch is a started prefetch manager of a lone node, closed at the
+// test's end.
+func soloPrefetch(t *testing.T) *prefetch.Manager {
+	t.Helper()
 	m, err := prefetch.New(prefetch.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +36,11 @@ func TestPrefetchAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestPrefetchAPI(t *testing.T) {
+	m := soloPrefetch(t)
 	srv := httptest.NewServer(admin.PrefetchHandler(m, nil))
 	t.Cleanup(srv.Close)
 

@@ -9,21 +9,13 @@ import (
 
 	"github.com/imgmesh/imgmesh/admin"
 	"github.com/imgmesh/imgmesh/blobstore"
-	"github.com/imgmesh/imgmesh/prefetch"
 )
 
 // TestWrongMethodsAndPathsAnswerJSON: with the three handlers mounted as
 // the node mounts them, a wrong method gets 405 with Allow and an unknown
 // path 404, both as the API's error JSON (not the mux's plain text).
 func TestWrongMethodsAndPathsAnswerJSON(t *testing.T) {
-	m, err := prefetch.New(prefetch.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(prefetch.Runtime{Self: "solo", Puller: instantPuller{}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
+	m := soloPrefetch(t)
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", admin.Handler(admin.Options{Status: func(context.Context) (admin.Status, error) { return admin.Status{}, nil }}))
 	images := admin.ImagesHandler(admin.ImagesOptions{Store: blobstore.NewMemory()})
