@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -277,7 +276,7 @@ func TestServeBusyPort(t *testing.T) {
 // the process's.
 func TestServeLogsLibraryLinesAsJSON(t *testing.T) {
 	n := startServe(t, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--upstream", "none", "--log-format", "json")
-	stdlog.Printf("Unsolicited response received on idle HTTP channel starting with %q", "AAAA")
+	log.Printf("Unsolicited response received on idle HTTP channel starting with %q", "AAAA")
 	for _, line := range strings.Split(strings.TrimSpace(n.stderr.String()), "\n") {
 		if strings.Contains(line, "Unsolicited response") {
 			var rec map[string]any
