@@ -32,6 +32,9 @@ const maxStateBytes = 8 << 20
 func (m *Manager) State() []byte {
 	m.mu.Lock()
 	s := m.t.snapshot()
+	for i := range s.Orders {
+		s.Orders[i] = *s.Orders[i].gossiped()
+	}
 	self := ""
 	if m.rt != nil {
 		self = m.rt.Self
@@ -119,6 +122,9 @@ func (m *Manager) send(msg message) {
 	m.mu.Unlock()
 	if rt == nil || rt.Broadcast == nil || closed {
 		return
+	}
+	if msg.Order != nil {
+		msg.Order = msg.Order.gossiped()
 	}
 	b, err := json.Marshal(msg)
 	if err != nil {

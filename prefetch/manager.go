@@ -237,6 +237,9 @@ type MemberStatus struct {
 	// Unreachable: the fleet no longer sees it alive (suspect, dead or
 	// gone), after it reported on the order or was expected to.
 	Unreachable bool `json:"unreachable,omitempty"`
+	// Gone: the fleet has forgotten it (dead or left for longer than the
+	// fleet keeps such members): it will not finish the order.
+	Gone bool `json:"gone,omitempty"`
 }
 
 // Status is an order and the members it selects: alive members whose
@@ -288,7 +291,7 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 			continue
 		}
 		listed[name] = true
-		ms := MemberStatus{Name: name, Unreachable: true}
+		ms := MemberStatus{Name: name, Unreachable: true, Gone: true}
 		if r, ok := m.t.report(id, name); ok {
 			ms.Report = &r
 		}

@@ -486,3 +486,33 @@ func TestOwnReportEchoedIsNotResent(t *testing.T) {
 		t.Errorf("sent after Close: %+v", sent[before:])
 	}
 }
+
+// TestExpectedStaysWithTheOrigin: the list of expected members grows with
+// the fleet; it stays in the origin's file and is not gossiped, so an
+// order fits in a gossip packet whatever the fleet's size.
+func TestExpectedStaysWithTheOrigin(t *testing.T) {
+	f := newMemFleet()
+	a := f.join(t, "a", nil, filepath.Join(t.TempDir(), "a.json"), &fakePuller{})
+	b := f.join(t, "b", nil, "", &fakePuller{})
+	o, err := a.m.Create(context.Background(), Request{Refs: []string{"app:v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Expected) != 2 {
+		t.Fatalf("expected %v, want a and b", o.Expected)
+	}
+	waitStates(t, b.m, o.ID, map[string]State{"a": Complete, "b": Complete})
+	st, err := b.m.Status(context.Background(), o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Order.Expected != nil {
+		t.Errorf("b got the order with expected members %v: it was gossiped", st.Order.Expected)
+	}
+	if s := string(a.m.State()); strings.Contains(s, `"expected"`) {
+		t.Errorf("a's gossip state carries the expected members: %s", s)
+	}
+	if st, err := a.m.Status(context.Background(), o.ID); err != nil || len(st.Order.Expected) != 2 {
+		t.Errorf("the origin's status: %+v, %v; want its expected members", st.Order, err)
+	}
+}

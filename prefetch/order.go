@@ -63,10 +63,18 @@ type Order struct {
 	Origin    string            `json:"origin,omitempty"` // member that accepted it
 	// Expected: the members it selected that were alive when it was
 	// accepted. Each stays in the status until it reports, even if it
-	// drops out first: a device that never pulled is not done.
+	// drops out first: a device that never pulled is not done. Only the
+	// origin keeps it (in its file; `imgmesh prefetch` asks the origin): it
+	// grows with the fleet, and an order must stay small enough to gossip.
 	Expected []string  `json:"expected,omitempty"`
 	Created  time.Time `json:"created"`
 	Deadline time.Time `json:"deadline"`
+}
+
+// gossiped is o as it goes to the fleet: without Expected.
+func (o Order) gossiped() *Order {
+	o.Expected = nil
+	return &o
 }
 
 // Report is one member's progress with one order; the member alone writes

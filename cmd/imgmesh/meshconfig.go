@@ -45,7 +45,7 @@ func defaultMesh() MeshConfig {
 func (m *MeshConfig) register(fs *pflag.FlagSet) {
 	d := defaultMesh()
 	fs.BoolVar(&m.Mesh, "mesh", d.Mesh, "join a fleet: peers, content routing and the data plane; false = a lone node (env IMGMESH_MESH)")
-	fs.StringVar(&m.NodeName, "node-name", "", "this node's name in the fleet (env IMGMESH_NODE_NAME) (default hostname plus a random suffix)")
+	fs.StringVar(&m.NodeName, "node-name", "", "this node's name in the fleet (env IMGMESH_NODE_NAME) (default: hostname plus a random suffix, kept in the data dir)")
 	fs.StringArrayVar(&m.P2PListen, "p2p-listen", d.P2PListen, "libp2p listen multiaddr, repeatable (env IMGMESH_P2P_LISTEN, comma-separated)")
 	fs.BoolVar(&m.MDNS, "mdns", d.MDNS, "find peers on the local network by mDNS (env IMGMESH_MDNS)")
 	fs.StringArrayVar(&m.Bootstrap, "bootstrap", nil, "libp2p multiaddr of a peer (ending in /p2p/ID) to connect to at start, repeatable (env IMGMESH_BOOTSTRAP)")

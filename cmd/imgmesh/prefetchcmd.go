@@ -141,6 +141,8 @@ func (c *cli) prefetch(ctx context.Context, stdin io.Reader, f prefetchFlags, ar
 func tally(st prefetch.Status) (complete, failed, waiting int) {
 	for _, m := range st.Members {
 		switch {
+		case m.Gone && (m.Report == nil || m.Report.State != prefetch.Complete):
+			failed++ // forgotten by the fleet: it will not report again
 		case m.Report == nil || !m.Report.Final():
 			waiting++
 		case m.Report.State == prefetch.Complete:
@@ -174,7 +176,10 @@ func failureTable(w io.Writer, st prefetch.Status, deadline bool) {
 		if deadline && (r == nil || !r.Final()) {
 			state = "timed out (" + state + ")"
 		}
-		if m.Unreachable {
+		switch {
+		case m.Gone:
+			state += ", gone from the fleet"
+		case m.Unreachable:
 			state += ", unreachable"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, state, progress, attempts, msg)

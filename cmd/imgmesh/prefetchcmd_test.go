@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/imgmesh/imgmesh/prefetch"
 )
 
 // A lone node (--mesh=false) carries out the orders made on it: an image
@@ -83,5 +84,23 @@ func TestPrefetchUsageErrors(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q: want one line with %q", code, errOut, tt.want)
 			}
 		})
+	}
+}
+
+// TestTallyCountsGoneMembersFailed: a member the fleet forgot will not
+// report again, so the command stops waiting for it and calls it failed;
+// an unreachable one may come back and is waited for.
+func TestTallyCountsGoneMembersFailed(t *testing.T) {
+	done := &prefetch.Report{State: prefetch.Complete}
+	pulling := &prefetch.Report{State: prefetch.Pulling}
+	st := prefetch.Status{Members: []prefetch.MemberStatus{
+		{Name: "a", Report: done},
+		{Name: "b", Report: pulling, Unreachable: true},
+		{Name: "c", Unreachable: true, Gone: true},
+		{Name: "d", Report: pulling, Unreachable: true, Gone: true},
+		{Name: "e", Report: done, Unreachable: true, Gone: true},
+	}}
+	if c, f, w := tally(st); c != 2 || f != 2 || w != 1 {
+		t.Fatalf("tally = %d complete, %d failed, %d waiting; want 2, 2, 1", c, f, w)
 	}
 }

@@ -92,6 +92,11 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	opts := node.Options{Store: watchStore(gc, store), Logger: log, TagTimeout: cfg.TagTimeout, Registerer: reg}
+	if cfg.NodeName == "" {
+		if cfg.NodeName, err = keptNodeName(cfg.DataDir); err != nil {
+			return err
+		}
+	}
 	pf, err := newPrefetch(cfg, log) // before the mesh: gossip may bring orders at once
 	if err != nil {
 		return err

@@ -288,3 +288,28 @@ func TestServeLogsLibraryLinesAsJSON(t *testing.T) {
 	}
 	t.Fatalf("library line not in the node's log:\n%s", n.stderr.String())
 }
+
+// TestNodeNameIsKept: a node without --node-name keeps the name it made on
+// its first start, so a restart mid-rollout is the same fleet member.
+func TestNodeNameIsKept(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first, err := keptNodeName(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := keptNodeName(dir)
+	if err != nil || again != first {
+		t.Fatalf("second start: %q, %v; want %q", again, err, first)
+	}
+	other, err := keptNodeName(t.TempDir())
+	if err != nil || other == first {
+		t.Fatalf("another data dir: %q, %v; want a name other than %q", other, err, first)
+	}
+	if err := os.WriteFile(filepath.Join(dir, nodeNameFile), []byte("two words\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keptNodeName(dir); err == nil || !strings.Contains(err.Error(), "--node-name") {
+		t.Fatalf("a damaged name file: %v, want an error that names --node-name", err)
+	}
+}
