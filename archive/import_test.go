@@ -466,6 +466,10 @@ func TestImportNodeDown(t *testing.T) {
 	if _, err := Import(t.Context(), dir, ImportOptions{Node: url + "/some/path"}); err == nil {
 		t.Fatal("a node URL with a path was accepted")
 	}
+	// A login in a URL that does not parse is not echoed.
+	if _, err := Import(t.Context(), dir, ImportOptions{Node: "tech:s3cret@127.0.0.1:5000"}); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("node URL without a scheme: %v; want an error without the password", err)
+	}
 }
 
 // TestImportSendsBlobsOnce: names in several repositories of one registry

@@ -42,6 +42,9 @@ func newNodeClient(raw string, rt http.RoundTripper) (*nodeClient, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		if strings.Contains(raw, "@") { // it may carry a password: never echo it
+			return nil, errors.New("node URL with a login that does not parse: want http(s)://USER:PASSWORD@HOST:PORT")
+		}
 		return nil, fmt.Errorf("node URL %q: want http(s)://HOST:PORT", raw)
 	}
 	c := &nodeClient{base: u.Scheme + "://" + u.Host, host: u.Host, rt: rt, auth: authn.Anonymous,

@@ -76,7 +76,7 @@ func Open(dir string, logger *slog.Logger) (*Files, error) {
 	db, err := badger.Open(indexOptions(filepath.Join(dir, "index"), logger))
 	if err != nil {
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") { // badger has no typed error for it
-			return nil, ErrInUse
+			return nil, fmt.Errorf("%w (%v)", ErrInUse, err) // flock may also fail on a file system without it
 		}
 		return nil, fmt.Errorf("index: %w", err)
 	}

@@ -113,9 +113,10 @@ type Fleet struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // join loop
 
-	mu     sync.RWMutex // write-held by Close; read-held by calls into memberlist
-	closed bool
-	meta   Meta
+	mu      sync.RWMutex // write-held by Close to mark it closed; read-held by calls into memberlist
+	closed  bool
+	stopped chan struct{} // closed when the first Close has finished
+	meta    Meta
 }
 
 // New starts gossip on BindAddr and, in the background, joins Options.Join.
@@ -148,7 +149,8 @@ func New(opts Options) (*Fleet, error) {
 	}
 	warnTrimmed(log, opts.Meta, kept)
 
-	f := &Fleet{del: &delegate{meta: enc, bc: newBroadcaster(opts.Channel, log)}, log: log, t: t, reg: opts.Registerer, meta: opts.Meta.clone()}
+	f := &Fleet{del: &delegate{meta: enc, bc: newBroadcaster(opts.Channel, log)}, log: log, t: t, reg: opts.Registerer,
+		meta: opts.Meta.clone(), stopped: make(chan struct{})}
 	f.meta.P2PAddrs = f.meta.P2PAddrs[:kept]
 	onChange := opts.OnChange
 	if onChange == nil {
@@ -308,11 +310,13 @@ func (f *Fleet) shutdown(leave bool) error {
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
+		<-f.stopped // a second Close returns once the first is done
 		return nil
 	}
 	f.closed = true
 	meta := f.meta
 	f.mu.Unlock()
+	defer close(f.stopped)
 	var err error
 	if leave {
 		// Say "leaving" in our meta first, so others record a "left" rather

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -250,5 +251,29 @@ func TestNewRejectsBadOptions(t *testing.T) {
 				t.Fatalf("error %q, want it to mention %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestSecondCloseWaitsForTheFirst: Close called twice at once returns, both
+// times, only once the fleet has stopped (its port is free again).
+func TestSecondCloseWaitsForTheFirst(t *testing.T) {
+	t.Parallel()
+	a := start(t, Options{Name: "a"})
+	b := start(t, Options{Name: "b", Join: []string{a.Addr()}})
+	eventually(t, 10*time.Second, func() error { return seesAlive(b, a, b) })
+	addr := b.Addr()
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- b.Close() }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("a Close returned while the fleet still held %s: %v", addr, err)
+		}
+		ln.Close()
 	}
 }

@@ -112,9 +112,11 @@ func checkManifest(doc manifestDoc, mt string) error {
 		}
 		return checkAll("manifests", doc.Manifests)
 	}
-	if doc.Config == nil || doc.Layers == nil {
-		return fmt.Errorf("%s needs a config and a layers array", mt)
+	if doc.Config == nil {
+		return fmt.Errorf("%s needs a config", mt)
 	}
+	// layers may be absent or null: Go's image-spec types write a nil slice
+	// as null, and Docker Hub and the distribution registry take it.
 	if err := doc.Config.check(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/imgmesh/imgmesh/admin"
 	"github.com/imgmesh/imgmesh/archive"
@@ -168,11 +169,7 @@ one export gathers an image for a line without internet.
 // place rather than printed line by line).
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd())) // not /dev/null, also a character device
 }
 
 // cliLogger prints warnings as "imgmesh: warning: msg key=value".

@@ -92,3 +92,17 @@ func TestExportToStdout(t *testing.T) {
 		t.Fatalf("import of the streamed archive: exit %d\n%s%s; want %q", code, out, errOut, want)
 	}
 }
+
+// TestDevNullIsNoTerminal: /dev/null is a character device, not a
+// terminal: `export -o - >/dev/null` (pull an image through the node and
+// drop it) must not be refused as a terminal.
+func TestDevNullIsNoTerminal(t *testing.T) {
+	f, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) || canRedraw(f) {
+		t.Fatal("/dev/null taken for a terminal")
+	}
+}

@@ -29,14 +29,28 @@ func newNodeAPI(raw string) (*nodeAPI, error) {
 	u, err := url.Parse(strings.TrimRight(raw, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
 		u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
-		shown := raw
-		if err == nil {
-			shown = u.Redacted()
-		}
-		return nil, fmt.Errorf("--node %q: want a URL like %s (or https://USER:PASSWORD@HOST:PORT)", shown, defaultNodeURL)
+		return nil, fmt.Errorf("--node %q: want a URL like %s (or https://USER:PASSWORD@HOST:PORT)", hideLogin(raw), defaultNodeURL)
 	}
 	return &nodeAPI{base: u.String(), shown: u.Redacted(), login: u.User != nil}, nil
 }
+
+// hideLogin masks what comes before the last @ of a --node value that did
+// not parse (a missing scheme makes url.Parse see no user at all).
+func hideLogin(raw string) string {
+	i := strings.LastIndex(raw, "@")
+	if i < 0 {
+		return raw
+	}
+	start := strings.Index(raw, "://") + 3 // 2 without a scheme: from the start
+	if start > i {
+		start = 0
+	}
+	return raw[:start] + "***" + raw[i:]
+}
+
+// nodeClient has no proxy: a node is on this machine or the plant's LAN,
+// and import/export reach it the same way.
+var nodeClient = &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 4}}
 
 // call sends body (JSON, if not nil) to path and decodes a want answer into
 // out, within timeout.
@@ -58,7 +72,7 @@ func (a *nodeAPI) call(ctx context.Context, method, path string, body any, want 
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := nodeClient.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {

@@ -32,6 +32,8 @@ func TestNodeAPIErrors(t *testing.T) {
 		{name: "not an imgmesh node", args: []string{"status", "--node", "http://tech:right@" + host}, want: "is it an imgmesh node?", mustNot: "right@"},
 		{name: "no scheme", args: []string{"status", "--node", "127.0.0.1:5000"}, want: "want a URL like"},
 		{name: "a path", args: []string{"peers", "--node", "http://127.0.0.1:5000/v2"}, want: "want a URL like"},
+		{name: "no scheme, password", args: []string{"status", "--node", "tech:s3cret@127.0.0.1:5000"}, want: "want a URL like", mustNot: "s3cret"},
+		{name: "bad escape, password", args: []string{"peers", "--node", "http://tech:s3%zz@127.0.0.1:5000"}, want: "want a URL like", mustNot: "s3%zz"},
 		{name: "down, password", args: []string{"images", "ls", "--node", "http://tech:s3cret@127.0.0.1:9"}, want: "not reachable", mustNot: "s3cret"},
 	}
 	for _, tt := range tests {

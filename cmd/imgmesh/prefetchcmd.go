@@ -272,19 +272,9 @@ func selectorText(sel map[string]string) string {
 	return "devices with " + labels(sel)
 }
 
-// canRedraw reports whether w is a terminal (a character device that is
-// not /dev/null) whose TERM can move the cursor.
+// canRedraw reports whether w is a terminal whose TERM can move the cursor.
 func canRedraw(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok || os.Getenv("TERM") == "dumb" {
-		return false
-	}
-	fi, err := f.Stat()
-	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
-		return false
-	}
-	null, err := os.Stat(os.DevNull)
-	return err != nil || !os.SameFile(fi, null)
+	return os.Getenv("TERM") != "dumb" && isTerminal(w)
 }
 
 func parseSelect(ss []string) (map[string]string, error) {

@@ -44,6 +44,7 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	// "Unsolicited response received on idle HTTP channel") goes through
 	// the same handler, so --log-format json stays JSON.
 	slog.SetDefault(log.With("component", "stdlog"))
+	slog.SetLogLoggerLevel(slog.LevelWarn) // such lines are warnings: kept at --log-level warn
 
 	dockerConfig, err := c.dockerConfig(cfg)
 	if err != nil {
