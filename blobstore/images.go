@@ -352,6 +352,10 @@ func (c *Catalog) OffersPlatform(d digest.Digest, platform string) bool {
 		if matchPlatform(ch.Platform, platform) {
 			return true
 		}
+		// An index of indexes: a pull follows a nested index too.
+		if nested := c.nodes[ch.Digest]; ch.Digest != d && nested != nil && len(nested.children) > 0 && c.OffersPlatform(ch.Digest, platform) {
+			return true
+		}
 	}
 	return false
 }

@@ -2,6 +2,7 @@ package blobstore_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/imgmesh/imgmesh/blobstore"
 	"github.com/imgmesh/imgmesh/blobstore/storetest"
@@ -484,4 +486,42 @@ func TestRemoveAStaleTagKeepsTheImage(t *testing.T) {
 		}
 		wantWhole(t, s, img)
 	})
+}
+
+// TestOffersPlatform: an index offers a platform one of its manifests is
+// for, also through a nested index; an image manifest offers any.
+func TestOffersPlatform(t *testing.T) {
+	s := blobstore.NewMemory()
+	amd := putImage(t, s, "app", "", "amd64", []byte("amd64 layer"))
+	arm := putImage(t, s, "app", "", "arm64", []byte("arm64 layer"))
+	idx := putIndex(t, s, "app", "v1", map[string]testImage{"amd64": amd, "arm64": arm})
+	info, err := s.Stat(context.Background(), idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outer := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{
+		{MediaType: ocispec.MediaTypeImageIndex, Digest: idx, Size: info.Size}}}
+	outer.SchemaVersion = 2
+	body, err := json.Marshal(outer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nested := putManifestBody(t, s, "app", "nested", body)
+	c, err := blobstore.LoadCatalog(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		d        digest.Digest
+		platform string
+		want     bool
+	}{
+		{idx, "linux/amd64", true}, {idx, "linux/s390x", false}, {idx, "", true},
+		{nested, "linux/arm64", true}, {nested, "linux/s390x", false},
+		{amd.manifest, "linux/s390x", true},
+	} {
+		if got := c.OffersPlatform(tc.d, tc.platform); got != tc.want {
+			t.Errorf("OffersPlatform(%s, %q) = %v, want %v", tc.d, tc.platform, got, tc.want)
+		}
+	}
 }
