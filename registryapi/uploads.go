@@ -126,7 +126,9 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, rt route) {
 	case http.MethodPut:
 		d, perr := parseDigest(r.URL.Query().Get("digest"))
 		if perr != nil {
-			s.uploads.fail(sess)
+			// Nothing of this request went in: the session stays, and the
+			// client may PUT again with a digest (as distribution does).
+			s.uploadHeaders(w, r, sess)
 			s.fail(w, r, perr)
 			return
 		}
@@ -142,23 +144,30 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, rt route) {
 	}
 }
 
-// chunk appends the request body to the session. With Content-Range the
-// chunk must start where the upload ends (else 416, session kept); a body
-// that does not match its declared length fails the session (400).
+// chunk appends the request body to the session. A request refused before
+// its body is read (a malformed Content-Range, one that does not start where
+// the upload ends: 416; a Content-Length that disagrees with it: 400) keeps
+// the session as it was. A body that does not match its declared length
+// once read fails the session (400): some of it may have gone in.
 func (s *Server) chunk(w http.ResponseWriter, r *http.Request, sess *session) bool {
 	want := r.ContentLength
 	if cr := r.Header.Get("Content-Range"); cr != "" {
 		start, end, ok := parseContentRange(cr)
-		if !ok || start != sess.w.Size() {
+		reason := ""
+		switch {
+		case !ok:
+			reason = "want Content-Range: START-END"
+		case start != sess.w.Size():
+			reason = fmt.Sprintf("upload has %d bytes; chunks must follow in order", sess.w.Size())
+		}
+		if reason != "" {
 			s.uploadHeaders(w, r, sess)
-			s.fail(w, r, apiError(CodeRangeInvalid, map[string]string{
-				"contentRange": cr, "reason": fmt.Sprintf("upload has %d bytes; chunks must follow in order", sess.w.Size()),
-			}))
+			s.fail(w, r, apiError(CodeRangeInvalid, map[string]string{"contentRange": cr, "reason": reason}))
 			return false
 		}
 		n := end - start + 1
 		if want >= 0 && want != n {
-			s.uploads.fail(sess)
+			s.uploadHeaders(w, r, sess)
 			s.fail(w, r, apiError(CodeSizeInvalid, fmt.Sprintf("Content-Length %d does not match Content-Range %s", want, cr)))
 			return false
 		}

@@ -124,7 +124,11 @@ func TestUploadCancelAndDigestMismatch(t *testing.T) {
 	// A session used from another repository is unknown there.
 	u = startSession(t, ts, "r")
 	want(t, do(t, "GET", strings.Replace(u, "/v2/r/", "/v2/q/", 1), nil), http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN")
-	want(t, do(t, "PUT", u, nil), http.StatusBadRequest, "DIGEST_INVALID") // no ?digest=
+	// A PUT without ?digest= is refused, and the session stays for a PUT
+	// that has one (distribution does the same).
+	want(t, do(t, "PUT", u, nil), http.StatusBadRequest, "DIGEST_INVALID")
+	want(t, do(t, "GET", u, nil), http.StatusNoContent, "")
+	want(t, do(t, "DELETE", u, nil), http.StatusNoContent, "")
 
 	if !snap(t, cs).equal(before) {
 		t.Fatal("store changed by failed uploads")
@@ -205,10 +209,18 @@ func TestShortBodyFailsUpload(t *testing.T) {
 	want(t, rawRequest(t, ts, "POST", "/v2/r/blobs/uploads/?digest="+d.String(), 100, body), http.StatusBadRequest, "SIZE_INVALID")
 	want(t, do(t, "HEAD", ts.URL+"/v2/r/blobs/"+d.String(), nil), http.StatusNotFound, "")
 
-	// Content-Length disagreeing with Content-Range.
+	// Content-Length disagreeing with Content-Range, or a Content-Range
+	// that does not parse: refused before the body is read, so the session
+	// stays as it was and the right chunk goes in.
 	u = startSession(t, ts, "r")
 	want(t, do(t, "PATCH", u, body, "Content-Range", "0-99"), http.StatusBadRequest, "SIZE_INVALID")
-	want(t, do(t, "GET", u, nil), http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN")
+	r := do(t, "PATCH", u, body, "Content-Range", "abc")
+	want(t, r, http.StatusRequestedRangeNotSatisfiable, "RANGE_INVALID")
+	if !strings.Contains(string(r.body), "START-END") {
+		t.Errorf("a malformed Content-Range: %s; want the reason to say the form", r.body)
+	}
+	want(t, do(t, "PATCH", u, body, "Content-Range", "0-9"), http.StatusAccepted, "")
+	want(t, do(t, "DELETE", u, nil), http.StatusNoContent, "")
 
 	if !snap(t, cs).equal(before) {
 		t.Fatal("store changed")
