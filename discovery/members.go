@@ -106,8 +106,8 @@ func (r *roster) NotifyLeave(n *memberlist.Node) {
 	rec.gone = r.now()
 	m := rec.m
 	r.mu.Unlock()
-	r.onLeave(m)
-	if n.Name != r.self {
+	if n.Name != r.self { // our own leave, on Close, is no news to log
+		r.onLeave(m)
 		r.notify(n.Name)
 	}
 }
