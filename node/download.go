@@ -310,8 +310,11 @@ func (n *Node) commitDownload(ctx context.Context, dl *download, w blobstore.Wri
 	}
 	n.announce(dl.d)
 	for _, key := range dl.linkKeys() {
+		// The blob is verified and stored: readers get it whole even if a
+		// repository's link fails (a later request links it again, or
+		// fetches it for a registry this node does not mirror).
 		if err := n.store.Link(ctx, key, dl.d); err != nil {
-			return fmt.Errorf("%s: link %s: %w", what, key, err)
+			n.log.Warn("link a stored blob into its repository", "blob", dl.d, "repo", key, "err", err)
 		}
 	}
 	dl.markCommitted()

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -361,5 +362,76 @@ func TestRangeOfABlobStillArrivingIsSentWhole(t *testing.T) {
 	}
 	if _, err := store.Stat(ctx, d); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Fatalf("the wrong blob is in the store: %v", err)
+	}
+}
+
+// failLinkStore fails Link while fail is set: the repository index cannot
+// be written (a full disk, a store error) after a blob was committed.
+type failLinkStore struct {
+	blobstore.Store
+	fail atomic.Bool
+}
+
+func (s *failLinkStore) Link(ctx context.Context, key string, d digest.Digest) error {
+	if s.fail.Load() {
+		return errors.New("index write failed")
+	}
+	return s.Store.Link(ctx, key, d)
+}
+
+// TestLinkFailureAfterCommitKeepsTheBlob: a blob fetched, verified and
+// stored reaches its reader whole even if linking it into the repository
+// fails; the next read links it then and serves it from the store.
+func TestLinkFailureAfterCommitKeepsTheBlob(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 1<<20)
+	files, err := blobstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &failLinkStore{Store: files}
+	up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := node.New(node.Options{Store: store, Upstream: up, TagTimeout: time.Second, IdleTimeout: 5 * time.Second})
+	t.Cleanup(func() {
+		n.Close()
+		files.Close()
+	})
+	ctx := context.Background()
+	l := layers[0]
+	d, _ := l.Digest()
+	store.fail.Store(true)
+	// A reader behind the download: it reads the rest only once the blob
+	// is committed, and so waits on the link.
+	c, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, digest.Digest(d.String()), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 1)
+	if _, err := io.ReadFull(c.Body, first); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := files.Stat(ctx, digest.Digest(d.String())); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the blob was not committed within 10s")
+		}
+	}
+	rest, err := io.ReadAll(c.Body)
+	c.Body.Close()
+	if got := append(first, rest...); err != nil || !bytes.Equal(got, layerBytes(t, l)) {
+		t.Fatalf("read with the link failing: %d bytes, %v; want the whole blob", len(got), err)
+	}
+	store.fail.Store(false)
+	got, c, err := readBlob(ctx, n, "team/app", digest.Digest(d.String()))
+	if err != nil || !bytes.Equal(got, layerBytes(t, l)) || c.Source != "local" {
+		t.Fatalf("read after: %d bytes, source %q, %v; want the whole blob from the store", len(got), c.Source, err)
+	}
+	if g := o.gets(d); g != 1 {
+		t.Errorf("upstream served the blob %d times, want once", g)
 	}
 }
