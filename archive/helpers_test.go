@@ -357,3 +357,17 @@ func biggestLayer(t *testing.T, img v1.Image) v1.Descriptor {
 	}
 	return best
 }
+
+// gzipped is b gzip-compressed.
+func gzipped(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if _, err := zw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}

@@ -1,8 +1,6 @@
 package archive
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -150,16 +148,11 @@ func TestImportRefusesAnIndexWithNoPlatform(t *testing.T) {
 // symlink to a file outside the folder is not read, nor pushed.
 func TestImportFolderStaysInside(t *testing.T) {
 	t.Parallel()
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	if _, err := zw.Write([]byte("a file of the host, outside the folder")); err != nil {
-		t.Fatal(err)
-	}
-	zw.Close()
+	gz := gzipped(t, []byte("a file of the host, outside the folder"))
 	outside := filepath.Join(t.TempDir(), "secret.gz")
 	dir := t.TempDir()
 	cfg := `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:` + strings.Repeat("0", 64) + `"]}}`
-	for name, b := range map[string][]byte{outside: gz.Bytes(), filepath.Join(dir, "cfg.json"): []byte(cfg),
+	for name, b := range map[string][]byte{outside: gz, filepath.Join(dir, "cfg.json"): []byte(cfg),
 		filepath.Join(dir, "manifest.json"): []byte(`[{"Config":"cfg.json","RepoTags":["example.com/x:1"],"Layers":["layer.tar.gz"]}]`)} {
 		if err := os.WriteFile(name, b, 0o644); err != nil {
 			t.Fatal(err)
@@ -172,7 +165,7 @@ func TestImportFolderStaysInside(t *testing.T) {
 	if _, err := Import(t.Context(), dir, ImportOptions{Node: tn.url}); err == nil {
 		t.Fatal("a folder whose layer links outside it was imported")
 	}
-	if tn.hasBlob(t, sha(gz.Bytes())) {
+	if tn.hasBlob(t, sha(gz)) {
 		t.Fatal("the file outside the folder reached the node")
 	}
 }
@@ -226,15 +219,10 @@ func TestImportFailureTagsNothing(t *testing.T) {
 // the import, naming it; nothing is tagged.
 func TestImportChecksCompressedLayersAgainstDiffIDs(t *testing.T) {
 	t.Parallel()
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	if _, err := zw.Write([]byte("not the layer the config names")); err != nil {
-		t.Fatal(err)
-	}
-	zw.Close()
+	gz := gzipped(t, []byte("not the layer the config names"))
 	dir := t.TempDir()
 	cfg := `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:` + strings.Repeat("0", 64) + `"]}}`
-	write(t, filepath.Join(dir, "layer.tar.gz"), gz.Bytes())
+	write(t, filepath.Join(dir, "layer.tar.gz"), gz)
 	write(t, filepath.Join(dir, "cfg.json"), []byte(cfg))
 	write(t, filepath.Join(dir, "manifest.json"), []byte(`[{"Config":"cfg.json","RepoTags":["example.com/x:1"],"Layers":["layer.tar.gz"]}]`))
 	tn := startTestNode(t)
