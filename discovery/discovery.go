@@ -128,7 +128,7 @@ func New(opts Options) (*Fleet, error) {
 	}
 	log = log.With("component", "discovery")
 	if opts.Name == "" {
-		opts.Name = defaultName()
+		opts.Name = DefaultName()
 	}
 	if opts.BindAddr == "" {
 		opts.BindAddr = DefaultBindAddr
@@ -350,7 +350,9 @@ func warnTrimmed(log *slog.Logger, m Meta, kept int) {
 	}
 }
 
-func defaultName() string {
+// DefaultName is a name for a node that was given none: the host name and
+// a random suffix (two nodes on one host must differ).
+func DefaultName() string {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "imgmesh"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgmesh/imgmesh/discovery"
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 )
@@ -335,4 +337,29 @@ func (c Config) newLogger(w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// nodeNameFile keeps a generated node name in the data directory.
+const nodeNameFile = "node-name"
+
+// keptNodeName is the name this node had before, or a new one (the host
+// name and a random suffix) kept in dataDir: a device restarted in the
+// middle of a rollout is the same fleet member, with the same reports,
+// rather than a new one while its old name waits for it.
+func keptNodeName(dataDir string) (string, error) {
+	p := filepath.Join(dataDir, nodeNameFile)
+	if b, err := os.ReadFile(p); err == nil {
+		name := strings.TrimSpace(string(b))
+		if name == "" || len(name) > 128 || strings.ContainsAny(name, " \t\n") {
+			return "", fmt.Errorf("%s: not a node name: remove it, or give --node-name", p)
+		}
+		return name, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("node name: %w", err)
+	}
+	name := discovery.DefaultName()
+	if err := os.WriteFile(p, []byte(name+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("keep the node name: %w", err)
+	}
+	return name, nil
 }

@@ -1,15 +1,8 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
-	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/imgmesh/imgmesh/discovery"
 	"github.com/imgmesh/imgmesh/node"
@@ -47,42 +40,5 @@ func startPrefetch(pf *prefetch.Manager, cfg Config, n *node.Node, store any, m 
 			return out
 		}
 	}
-	if rt.Self == "" {
-		rt.Self, _ = os.Hostname()
-		if rt.Self == "" {
-			rt.Self = "imgmesh"
-		}
-	}
 	return pf.Start(rt)
-}
-
-// nodeNameFile keeps a generated node name in the data directory.
-const nodeNameFile = "node-name"
-
-// keptNodeName is the name this node had before, or a new one (the host
-// name and a random suffix) kept in dataDir: a device restarted in the
-// middle of a rollout is the same fleet member, with the same reports,
-// rather than a new one while its old name waits for it.
-func keptNodeName(dataDir string) (string, error) {
-	p := filepath.Join(dataDir, nodeNameFile)
-	if b, err := os.ReadFile(p); err == nil {
-		name := strings.TrimSpace(string(b))
-		if name == "" || len(name) > 128 || strings.ContainsAny(name, " \t\n") {
-			return "", fmt.Errorf("%s: not a node name: remove it, or give --node-name", p)
-		}
-		return name, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("node name: %w", err)
-	}
-	host, _ := os.Hostname()
-	if host == "" {
-		host = "imgmesh"
-	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	name := host + "-" + hex.EncodeToString(b[:])
-	if err := os.WriteFile(p, []byte(name+"\n"), 0o644); err != nil {
-		return "", fmt.Errorf("keep the node name: %w", err)
-	}
-	return name, nil
 }
