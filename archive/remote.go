@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/imgmesh/imgmesh/internal/nodeurl"
 )
 
 // nodeClient talks to a node's registry API with go-containerregistry,
@@ -40,12 +40,9 @@ func newNodeClient(raw string, rt http.RoundTripper) (*nodeClient, error) {
 	if raw == "" {
 		raw = DefaultNode
 	}
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		if strings.Contains(raw, "@") { // it may carry a password: never echo it
-			return nil, errors.New("node URL with a login that does not parse: want http(s)://USER:PASSWORD@HOST:PORT")
-		}
-		return nil, fmt.Errorf("node URL %q: want http(s)://HOST:PORT", raw)
+	u, err := nodeurl.Parse(raw)
+	if err != nil {
+		return nil, err
 	}
 	c := &nodeClient{base: u.Scheme + "://" + u.Host, host: u.Host, rt: rt, auth: authn.Anonymous,
 		pushers: map[string]*remote.Pusher{}, pullers: map[string]*remote.Puller{}}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/imgmesh/imgmesh/admin"
+	"github.com/imgmesh/imgmesh/internal/nodeurl"
 )
 
 // nodeAPI is a node's admin API (/api/v1/) as the CLI commands call it:
@@ -26,26 +27,11 @@ type nodeAPI struct {
 
 // newNodeAPI checks a --node value: http(s)://[USER:PASSWORD@]HOST:PORT.
 func newNodeAPI(raw string) (*nodeAPI, error) {
-	u, err := url.Parse(strings.TrimRight(raw, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
-		u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("--node %q: want a URL like %s (or https://USER:PASSWORD@HOST:PORT)", hideLogin(raw), defaultNodeURL)
+	u, err := nodeurl.Parse(raw)
+	if err != nil {
+		return nil, err
 	}
 	return &nodeAPI{base: u.String(), shown: u.Redacted(), login: u.User != nil}, nil
-}
-
-// hideLogin masks what comes before the last @ of a --node value that did
-// not parse (a missing scheme makes url.Parse see no user at all).
-func hideLogin(raw string) string {
-	i := strings.LastIndex(raw, "@")
-	if i < 0 {
-		return raw
-	}
-	start := strings.Index(raw, "://") + 3 // 2 without a scheme: from the start
-	if start > i {
-		start = 0
-	}
-	return raw[:start] + "***" + raw[i:]
 }
 
 // nodeClient has no proxy: a node is on this machine or the plant's LAN,
