@@ -198,13 +198,9 @@ func (m *Manager) Create(ctx context.Context, r Request) (Order, error) {
 	if rt == nil {
 		return Order{}, errors.New("prefetch: not started")
 	}
-	members := m.members(rt) // not under m.mu: the fleet calls into m too
+	members := fleetOf(rt) // not under m.mu: the fleet calls into m too
 	m.mu.Lock()
-	o, err := newOrder(r, rt.Self, m.opts.Now())
-	if err == nil {
-		o.Expected = expected(o, members)
-		err = o.validate()
-	}
+	o, err := newOrder(r, rt.Self, members, m.opts.Now())
 	if err == nil {
 		_, err = m.t.addOrder(o, m.opts.Now())
 	}
@@ -260,7 +256,7 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 	if !ok {
 		return Status{}, fmt.Errorf("order %q: %w", id, ErrUnknownOrder)
 	}
-	members := m.members(rt)
+	members := fleetOf(rt)
 	st := Status{Order: o, Members: []MemberStatus{}}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -301,8 +297,8 @@ func (m *Manager) Status(ctx context.Context, id string) (Status, error) {
 	return st, nil
 }
 
-// members lists the fleet as rt sees it (this node alone without one).
-func (m *Manager) members(rt *Runtime) []Member {
+// fleetOf lists the fleet as rt sees it (this node alone without one).
+func fleetOf(rt *Runtime) []Member {
 	switch {
 	case rt == nil:
 		return nil

@@ -102,8 +102,9 @@ type Request struct {
 	NoPin     bool              `json:"no_pin,omitempty"`
 }
 
-// newOrder validates r and makes the order, created now.
-func newOrder(r Request, origin string, now time.Time) (Order, error) {
+// newOrder validates r and makes the order, created now, expecting the
+// members (alive and selected) of the fleet.
+func newOrder(r Request, origin string, fleet []Member, now time.Time) (Order, error) {
 	timeout := DefaultTimeout
 	if r.Timeout != "" {
 		d, err := time.ParseDuration(r.Timeout)
@@ -122,6 +123,7 @@ func newOrder(r Request, origin string, now time.Time) (Order, error) {
 		Platforms: slices.Clone(r.Platforms), NoPin: r.NoPin, Origin: origin,
 		Created: now.UTC(), Deadline: now.Add(timeout).UTC(),
 	}
+	o.Expected = expected(o, fleet)
 	return o, o.validate()
 }
 

@@ -216,7 +216,7 @@ func TestNewOrderValidates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o, err := newOrder(tt.req, "n1", t0)
+			o, err := newOrder(tt.req, "n1", nil, t0)
 			if tt.ok {
 				if err != nil {
 					t.Fatal(err)
