@@ -163,9 +163,7 @@ func (p *proc) exited() bool {
 func (p *proc) stop(t *testing.T) error {
 	t.Helper()
 	if !p.exited() {
-		if !p.termSent.Swap(true) { // a second SIGTERM would end it before it says where it hangs
-			_ = syscall.Kill(-p.pid, syscall.SIGTERM)
-		}
+		p.terminate() // once: a second SIGTERM would end it before it says where it hangs
 		start := time.Now()
 		select {
 		case <-p.done:
