@@ -60,10 +60,7 @@ type Options struct {
 // Handler serves StatusPath and PeersPath.
 func Handler(o Options) http.Handler {
 	mux := http.NewServeMux()
-	// Every other path under /api/v1/ (the node mounts this handler there).
-	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, CodeNotFound, r.URL.Path+": no such API")
-	})
+	noSuchPath(mux, "/api/v1/", "") // the node mounts this handler there
 	handle(mux, http.MethodGet, StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		st, err := o.Status(r.Context())
 		if err != nil {
@@ -96,6 +93,14 @@ func handle(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
 		writeError(w, http.StatusMethodNotAllowed, CodeUnsupported, r.Method+" "+path+": want "+allow)
+	})
+}
+
+// noSuchPath answers every path under prefix that no route takes with 404
+// in the API's error JSON; hint, if set, says what would be found.
+func noSuchPath(mux *http.ServeMux, prefix, hint string) {
+	mux.HandleFunc(prefix, func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, CodeNotFound, r.URL.Path+": no such API"+hint)
 	})
 }
 

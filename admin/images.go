@@ -111,9 +111,7 @@ func ImagesHandler(o ImagesOptions) http.Handler {
 	}
 	h := &imagesAPI{o}
 	mux := http.NewServeMux()
-	mux.HandleFunc(ImagesPath+"/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, CodeNotFound, r.URL.Path+": no such API")
-	})
+	noSuchPath(mux, ImagesPath+"/", "")
 	handle(mux, http.MethodGet, ImagesPath, h.list)
 	handle(mux, http.MethodGet, ImagesPath+"/inspect", h.inspect)
 	handle(mux, http.MethodPost, ImagesPath+"/rm", h.batch(h.remove))

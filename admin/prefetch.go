@@ -52,9 +52,7 @@ func PrefetchHandler(p Prefetcher, log *slog.Logger) http.Handler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc(PrefetchPath+"/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, CodeNotFound, r.URL.Path+": no such API (want "+PrefetchPath+"/ORDER)")
-	})
+	noSuchPath(mux, PrefetchPath+"/", " (want "+PrefetchPath+"/ORDER)")
 	handle(mux, http.MethodPost, PrefetchPath, func(w http.ResponseWriter, r *http.Request) {
 		if err := requireJSON(r); err != nil {
 			writeError(w, http.StatusUnsupportedMediaType, CodeOrderInvalid, err.Error())
