@@ -77,6 +77,7 @@ func (n *Node) readAhead(ctx context.Context, name Name, m Manifest) {
 // tag (a tag pushed straight to the node).
 func (n *Node) resolveTag(ctx context.Context, name Name, tag string) (digest.Digest, error) {
 	key := n.Key(name)
+	var upErr error // why upstream did not answer, if it did not
 	if n.mirrors(name) {
 		tctx, cancel := context.WithTimeout(ctx, n.opts.TagTimeout)
 		m, err := n.up.Manifest(tctx, name.NS, name.Repo, tag, true)
@@ -94,6 +95,7 @@ func (n *Node) resolveTag(ctx context.Context, name Name, tag string) (digest.Di
 			return m.Digest, nil
 		}
 		n.m.upstreamRequests.WithLabelValues("tag", "error").Inc()
+		upErr = err
 		n.log.LogAttrs(ctx, levelFor(err), "tag not resolved upstream, using local index",
 			slog.String("repo", key), slog.String("tag", tag), slog.String("err", err.Error()))
 		if ctx.Err() != nil {
@@ -109,6 +111,11 @@ func (n *Node) resolveTag(ctx context.Context, name Name, tag string) (digest.Di
 	}
 	if d, ok := n.tagFromPeers(ctx, name, tag); ok {
 		return d, nil
+	}
+	if upErr != nil {
+		// Unknown here, and upstream could not say: "unavailable", as for a
+		// blob, not "unknown", which would blame the tag.
+		return "", upstreamErr(fmt.Sprintf("manifest %s:%s", name.Repo, tag), upErr)
 	}
 	return "", fmt.Errorf("manifest %s:%s: %w", name.Repo, tag, err)
 }

@@ -264,6 +264,12 @@ func TestMissingEverywhere(t *testing.T) {
 	if _, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, d, false); !errors.Is(err, node.ErrUpstream) {
 		t.Fatalf("blob with upstream down: got %v, want ErrUpstream", err)
 	}
+	// A tag nobody here knows, with upstream down: the answer is "upstream
+	// failed" (503), not "no such manifest" (404), as for a blob.
+	_, err := n.Manifest(ctx, node.Name{NS: ns, Repo: "team/app"}, "nope", false)
+	if !errors.Is(err, node.ErrUpstream) || errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("tag with upstream down: got %v, want ErrUpstream", err)
+	}
 }
 
 func TestLocalOnlyKeepsRepositoriesApart(t *testing.T) {
