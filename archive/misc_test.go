@@ -115,7 +115,8 @@ func TestNSTransport(t *testing.T) {
 
 // TestBasicAuthNode: a node behind basic auth (a technician's laptop in
 // exposed mode) takes an import and serves an export when the node URL
-// carries user:password, and refuses both without.
+// carries user:password, and refuses both without; a pull-only account
+// exports, and its import is refused as such.
 func TestBasicAuthNode(t *testing.T) {
 	t.Parallel()
 	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
@@ -126,7 +127,11 @@ func TestBasicAuthNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth, err := registryapi.NewAuthenticator(registryapi.AuthOptions{Users: users})
+	pullers, err := registryapi.ParseHtpasswd(strings.NewReader("device:" + string(hash) + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := registryapi.NewAuthenticator(registryapi.AuthOptions{Users: users, Pullers: pullers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,8 +157,16 @@ func TestBasicAuthNode(t *testing.T) {
 			t.Errorf("export from %s: %v, want %q", tc.node, err, tc.want)
 		}
 	}
+	// A pull-only account is told so on import; it may export.
+	puller := strings.Replace(srv.URL, "http://", "http://device:s3cret@", 1)
+	if _, err := Import(t.Context(), dir, ImportOptions{Node: puller}); err == nil || !strings.Contains(err.Error(), "pull-only") {
+		t.Errorf("import with a pull-only account: %v, want it named", err)
+	}
 	if _, err := Import(t.Context(), dir, ImportOptions{Node: withCreds}); err != nil {
 		t.Fatalf("import with credentials: %v", err)
+	}
+	if _, err := Export(t.Context(), []string{"x.io/a:1"}, out, ExportOptions{Node: puller}); err != nil {
+		t.Fatalf("export with a pull-only account: %v", err)
 	}
 	if _, err := Export(t.Context(), []string{"x.io/a:1"}, out, ExportOptions{Node: withCreds}); err != nil {
 		t.Fatalf("export with credentials: %v", err)

@@ -186,8 +186,10 @@ func (e nodeError) Error() string {
 	switch e.te.StatusCode {
 	case http.StatusNotFound:
 		return "not on the node (" + what + ")"
-	case http.StatusUnauthorized, http.StatusForbidden:
+	case http.StatusUnauthorized:
 		return "the node refused the login (" + what + ")"
+	case http.StatusForbidden:
+		return "the node's account may not do this: a pull-only account? (" + what + ")"
 	}
 	return "the node answered " + what
 }

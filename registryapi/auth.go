@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,7 +44,11 @@ const (
 // AuthOptions configure an Authenticator.
 type AuthOptions struct {
 	// Users are the accounts (required): see LoadHtpasswd.
-	Users  *Htpasswd
+	Users *Htpasswd
+	// Pullers are accounts that may only read: GET and HEAD, on any path.
+	// A push, a delete or a change through the admin API answers 403
+	// DENIED. A name may not be in both Users and Pullers.
+	Pullers *Htpasswd
 	Realm  string       // default DefaultAuthRealm
 	Logger *slog.Logger // default: discard
 
@@ -64,7 +69,7 @@ type Authenticator struct {
 
 	cacheKey []byte // random per process: cached entries are HMACs, not passwords
 	mu       sync.Mutex
-	cache    map[[sha256.Size]byte]time.Time // HMAC(user, password) → expiry
+	cache    map[[sha256.Size]byte]cached // HMAC(user, password) → its account
 
 	bcrypts atomic.Int64 // bcrypt runs, for tests
 }
@@ -73,6 +78,16 @@ type Authenticator struct {
 func NewAuthenticator(opts AuthOptions) (*Authenticator, error) {
 	if opts.Users == nil || len(opts.Users.users) == 0 {
 		return nil, fmt.Errorf("%w: no users", ErrHtpasswd)
+	}
+	users := slices.Clone(opts.Users.users)
+	if opts.Pullers != nil {
+		for _, p := range opts.Pullers.users {
+			if slices.ContainsFunc(users, func(u htUser) bool { return u.name == p.name }) {
+				return nil, fmt.Errorf("%w: user %q is both a full and a pull-only account", ErrHtpasswd, p.name)
+			}
+			p.pullOnly = true
+			users = append(users, p)
+		}
 	}
 	if opts.Realm == "" {
 		opts.Realm = DefaultAuthRealm
@@ -96,23 +111,40 @@ func NewAuthenticator(opts AuthOptions) (*Authenticator, error) {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
 	return &Authenticator{
-		users:    opts.Users.users,
+		users:    users,
 		realm:    opts.Realm,
 		log:      opts.Logger,
 		now:      opts.now,
 		sem:      make(chan struct{}, runtime.GOMAXPROCS(0)),
 		dummy:    dummy,
 		cacheKey: key,
-		cache:    make(map[[sha256.Size]byte]time.Time),
+		cache:    make(map[[sha256.Size]byte]cached),
 	}, nil
 }
 
-// Check reports whether user and password match an account. A match is
-// remembered for a minute, so a client's next requests skip bcrypt; a
-// mismatch always costs a full bcrypt run, for unknown users too.
-func (a *Authenticator) Check(ctx context.Context, user, password string) (bool, error) {
+// cached is a verified pair: until when it is trusted, and whether its
+// account may only pull.
+type cached struct {
+	expiry   time.Time
+	pullOnly bool
+}
+
+// Access is what an account may do.
+type Access int
+
+// The outcomes of Check.
+const (
+	NoAccess Access = iota // no such user, or a wrong password
+	PullOnly               // an account of AuthOptions.Pullers
+	FullAccess             // an account of AuthOptions.Users
+)
+
+// Check reports what user with password may do. A match is remembered for
+// a minute, so a client's next requests skip bcrypt; a mismatch always
+// costs a full bcrypt run, for unknown users too.
+func (a *Authenticator) Check(ctx context.Context, user, password string) (Access, error) {
 	if len(password) > maxPasswordLen {
-		return false, nil
+		return NoAccess, nil
 	}
 	mac := hmac.New(sha256.New, a.cacheKey)
 	_, _ = io.WriteString(mac, user)
@@ -120,56 +152,64 @@ func (a *Authenticator) Check(ctx context.Context, user, password string) (bool,
 	_, _ = io.WriteString(mac, password)
 	var k [sha256.Size]byte
 	mac.Sum(k[:0])
-	if a.cached(k) {
-		return true, nil
+	if c, ok := a.cached(k); ok {
+		return c.access(), nil
 	}
 
 	// Compare against every name, so the time taken does not tell which
 	// prefix of a name exists.
-	hash := a.dummy
+	hash, pullOnly := a.dummy, false
 	found := 0
 	for _, u := range a.users {
 		eq := subtle.ConstantTimeCompare([]byte(u.name), []byte(user))
 		if eq == 1 && found == 0 {
-			hash = u.hash
+			hash, pullOnly = u.hash, u.pullOnly
 		}
 		found |= eq
 	}
 	select {
 	case a.sem <- struct{}{}:
 	case <-ctx.Done():
-		return false, ctx.Err()
+		return NoAccess, ctx.Err()
 	}
 	err := bcrypt.CompareHashAndPassword(hash, []byte(password))
 	<-a.sem
 	a.bcrypts.Add(1)
 	if err != nil || found == 0 {
-		return false, nil
+		return NoAccess, nil
 	}
-	a.remember(k)
-	return true, nil
+	c := cached{pullOnly: pullOnly}
+	a.remember(k, c)
+	return c.access(), nil
 }
 
-func (a *Authenticator) cached(k [sha256.Size]byte) bool {
+func (c cached) access() Access {
+	if c.pullOnly {
+		return PullOnly
+	}
+	return FullAccess
+}
+
+func (a *Authenticator) cached(k [sha256.Size]byte) (cached, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	exp, ok := a.cache[k]
-	if ok && a.now().Before(exp) {
-		return true
+	c, ok := a.cache[k]
+	if ok && a.now().Before(c.expiry) {
+		return c, true
 	}
 	if ok {
 		delete(a.cache, k)
 	}
-	return false
+	return cached{}, false
 }
 
-func (a *Authenticator) remember(k [sha256.Size]byte) {
+func (a *Authenticator) remember(k [sha256.Size]byte, c cached) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
 	if len(a.cache) >= authCacheSize {
-		for key, exp := range a.cache {
-			if !now.Before(exp) {
+		for key, old := range a.cache {
+			if !now.Before(old.expiry) {
 				delete(a.cache, key)
 			}
 		}
@@ -177,12 +217,14 @@ func (a *Authenticator) remember(k [sha256.Size]byte) {
 			clear(a.cache) // all live: start over rather than grow
 		}
 	}
-	a.cache[k] = now.Add(authCacheTTL)
+	c.expiry = now.Add(authCacheTTL)
+	a.cache[k] = c
 }
 
 // Wrap returns next behind basic auth. /healthz and /readyz stay open (for
 // probes); every other path answers 401 UNAUTHORIZED with a Basic challenge
-// unless the request carries valid credentials.
+// unless the request carries valid credentials, and 403 DENIED to a
+// pull-only account for anything but GET and HEAD.
 func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
@@ -191,12 +233,19 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 		}
 		user, pass, ok := r.BasicAuth()
 		if ok {
-			good, err := a.Check(r.Context(), user, pass)
-			if good {
+			access, err := a.Check(r.Context(), user, pass)
+			switch {
+			case access == FullAccess || (access == PullOnly && (r.Method == http.MethodGet || r.Method == http.MethodHead)):
 				next.ServeHTTP(w, r)
 				return
-			}
-			if err == nil {
+			case access == PullOnly:
+				a.log.LogAttrs(r.Context(), slog.LevelWarn, "denied: a pull-only account",
+					slog.String("user", user), slog.String("remote", r.RemoteAddr),
+					slog.String("method", r.Method), slog.String("path", r.URL.Path))
+				writeError(w, r, apiError(CodeDenied, fmt.Sprintf(
+					"account %q may only pull (GET and HEAD); %s %s needs an account of --htpasswd", user, r.Method, r.URL.Path)))
+				return
+			case err == nil:
 				a.log.LogAttrs(r.Context(), slog.LevelWarn, "authentication failed",
 					slog.String("user", user), slog.String("remote", r.RemoteAddr), slog.String("path", r.URL.Path))
 			}
@@ -215,8 +264,9 @@ type Htpasswd struct {
 }
 
 type htUser struct {
-	name string
-	hash []byte
+	name     string
+	hash     []byte
+	pullOnly bool
 }
 
 // Len is the number of accounts.

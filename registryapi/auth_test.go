@@ -41,17 +41,32 @@ type authServer struct {
 
 func newAuthServer(t *testing.T, htpasswd string) *authServer {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "htpasswd")
-	if err := os.WriteFile(path, []byte(htpasswd), 0o600); err != nil {
-		t.Fatal(err)
+	return newAuthServerPullers(t, htpasswd, "")
+}
+
+// newAuthServerPullers also has the pull-only accounts of pullers (none if
+// empty).
+func newAuthServerPullers(t *testing.T, htpasswd, pullers string) *authServer {
+	t.Helper()
+	load := func(name, content string) *Htpasswd {
+		path := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h, err := LoadHtpasswd(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
 	}
-	users, err := LoadHtpasswd(path)
-	if err != nil {
-		t.Fatal(err)
+	users := load("htpasswd", htpasswd)
+	var pull *Htpasswd
+	if pullers != "" {
+		pull = load("pull-htpasswd", pullers)
 	}
 	var mu sync.Mutex
 	now := time.Now()
-	a, err := NewAuthenticator(AuthOptions{Users: users, now: func() time.Time {
+	a, err := NewAuthenticator(AuthOptions{Users: users, Pullers: pull, now: func() time.Time {
 		mu.Lock()
 		defer mu.Unlock()
 		return now
@@ -170,6 +185,56 @@ func TestBasicAuthPushPull(t *testing.T) {
 	}
 }
 
+// TestPullOnlyAccounts: an account of Pullers reads everything a full
+// account reads, and is denied every write (403 DENIED, nothing stored); a
+// full account still pushes, and a wrong puller password is a 401.
+func TestPullOnlyAccounts(t *testing.T) {
+	t.Parallel()
+	ts := newAuthServerPullers(t, bcryptLine(t, "tech", "admin-pw", "$2y$", bcrypt.MinCost),
+		bcryptLine(t, "device", "pull-pw", "$2y$", bcrypt.MinCost))
+	tech, device := basic("tech", "admin-pw"), basic("device", "pull-pw")
+	blob := []byte("a layer")
+	dg := fmt.Sprintf("sha256:%x", sha256.Sum256(blob))
+
+	r := do(t, http.MethodPost, ts.URL+"/v2/app/blobs/uploads/?digest="+dg, blob, "Authorization", device)
+	want(t, r, http.StatusForbidden, string(CodeDenied))
+	if !strings.Contains(string(r.body), "may only pull") {
+		t.Errorf("denial %s does not say the account may only pull", r.body)
+	}
+	want(t, do(t, http.MethodHead, ts.URL+"/v2/app/blobs/"+dg, nil, "Authorization", device), http.StatusNotFound, "")
+	for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		want(t, do(t, m, ts.URL+"/api/v1/images/rm", []byte("{}"), "Authorization", device), http.StatusForbidden, string(CodeDenied))
+	}
+	want(t, do(t, http.MethodGet, ts.URL+"/v2/", nil, "Authorization", basic("device", "wrong")), http.StatusUnauthorized, string(CodeUnauthorized))
+
+	want(t, do(t, http.MethodPost, ts.URL+"/v2/app/blobs/uploads/?digest="+dg, blob, "Authorization", tech), http.StatusCreated, "")
+	for _, path := range []string{"/v2/", "/v2/app/blobs/" + dg, "/api/v1/status", "/metrics"} {
+		if r := do(t, http.MethodGet, ts.URL+path, nil, "Authorization", device); r.status != http.StatusOK {
+			t.Errorf("GET %s as the pull-only account: %d %s", path, r.status, r.body)
+		}
+	}
+	want(t, do(t, http.MethodDelete, ts.URL+"/v2/app/blobs/"+dg, nil, "Authorization", device), http.StatusForbidden, string(CodeDenied))
+	if r := do(t, http.MethodGet, ts.URL+"/v2/app/blobs/"+dg, nil, "Authorization", device); string(r.body) != string(blob) {
+		t.Errorf("after a denied DELETE the blob answers %d %q", r.status, r.body)
+	}
+}
+
+func TestPullOnlyAccountNamedTwice(t *testing.T) {
+	t.Parallel()
+	users, err := ParseHtpasswd(strings.NewReader(bcryptLine(t, "tech", "a", "$2y$", bcrypt.MinCost)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pullers, err := ParseHtpasswd(strings.NewReader(bcryptLine(t, "tech", "b", "$2y$", bcrypt.MinCost)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewAuthenticator(AuthOptions{Users: users, Pullers: pullers})
+	if !errors.Is(err, ErrHtpasswd) || !strings.Contains(err.Error(), `"tech"`) {
+		t.Fatalf("a name in both files: %v, want an htpasswd error naming it", err)
+	}
+}
+
 // TestAuthCache: a verified pair skips bcrypt for a minute; a wrong
 // password never does.
 func TestAuthCache(t *testing.T) {
@@ -178,9 +243,9 @@ func TestAuthCache(t *testing.T) {
 	ctx := context.Background()
 	check := func(pass string, want bool, wantRuns int64) {
 		t.Helper()
-		ok, err := ts.auth.Check(ctx, "alice", pass)
-		if err != nil || ok != want {
-			t.Fatalf("Check(alice, %q) = %v, %v; want %v", pass, ok, err, want)
+		access, err := ts.auth.Check(ctx, "alice", pass)
+		if ok := access == FullAccess; err != nil || ok != want {
+			t.Fatalf("Check(alice, %q) = %v, %v; want full access %v", pass, access, err, want)
 		}
 		if got := ts.auth.bcrypts.Load(); got != wantRuns {
 			t.Fatalf("after Check(alice, %q): %d bcrypt runs, want %d", pass, got, wantRuns)
@@ -196,7 +261,7 @@ func TestAuthCache(t *testing.T) {
 
 	// The cache stays bounded whatever is put in it.
 	for i := range 3 * authCacheSize {
-		ts.auth.remember(sha256.Sum256(fmt.Appendf(nil, "%d", i)))
+		ts.auth.remember(sha256.Sum256(fmt.Appendf(nil, "%d", i)), cached{})
 	}
 	ts.auth.mu.Lock()
 	n := len(ts.auth.cache)
@@ -266,14 +331,14 @@ func BenchmarkAuthCheck(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("bcrypt-cost-%d", cost), func(b *testing.B) {
 			for b.Loop() {
-				if ok, _ := a.Check(b.Context(), "alice", "wrong"); ok {
+				if access, _ := a.Check(b.Context(), "alice", "wrong"); access != NoAccess {
 					b.Fatal("wrong password accepted")
 				}
 			}
 		})
 		b.Run(fmt.Sprintf("cached-cost-%d", cost), func(b *testing.B) {
 			for b.Loop() {
-				if ok, _ := a.Check(b.Context(), "alice", "s3cret"); !ok {
+				if access, _ := a.Check(b.Context(), "alice", "s3cret"); access != FullAccess {
 					b.Fatal("good password refused")
 				}
 			}

@@ -29,15 +29,18 @@ import (
 
 // TestExposedSeed: a seed node with TLS and basic auth takes pushes and
 // serves pulls from skopeo with credentials only, and a device node that
-// names it as its upstream (credentials from a docker config.json, the
-// seed's CA from --upstream-ca) pulls an image through it.
+// names it as its upstream (a pull-only account's credentials from a docker
+// config.json, the seed's CA from --upstream-ca) pulls an image through it;
+// that account can neither push nor change the seed through its admin API.
 func TestExposedSeed(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 2*time.Minute)
 	requireTool(t, "skopeo")
 	pki := newSeedPKI(t)
 	const user, password = "tech", "s3cret-pw"
-	seed := startTLSNode(t, pki, "--upstream", "none", "--htpasswd", htpasswd(t, user, password))
+	const puller, pullPassword = "device", "pull-only-pw"
+	seed := startTLSNode(t, pki, "--upstream", "none", "--htpasswd", htpasswd(t, user, password),
+		"--pull-htpasswd", htpasswd(t, puller, pullPassword))
 
 	img := hostImage(t, ociImage, 2, 128<<10)
 	d, err := img.Digest()
@@ -101,9 +104,29 @@ func TestExposedSeed(t *testing.T) {
 		}
 	})
 
+	t.Run("pull-only account cannot push or remove", func(t *testing.T) {
+		out, err := skopeo("--dest-creds", puller+":"+pullPassword, "--dest-cert-dir", certDir, "oci:"+src+":v1",
+			"docker://"+seed.addr+"/plant/other:v1")
+		if err == nil || !strings.Contains(strings.ToLower(out), "denied") {
+			t.Fatalf("push with the pull-only account: err %v, want access denied:\n%s", err, out)
+		}
+		rm := fmt.Sprintf("https://%s:%s@%s/api/v1/images/rm", puller, pullPassword, seed.addr)
+		r := mustDo(ctx, t, tlsClient(t, pki), http.MethodPost, rm, map[string]string{"Content-Type": "application/json"})
+		if r.status != http.StatusForbidden || !strings.Contains(string(r.body), `"DENIED"`) {
+			t.Fatalf("images rm with the pull-only account: %d %s, want 403 DENIED", r.status, r.body)
+		}
+		pulled := t.TempDir()
+		if _, err := skopeo("--src-creds", puller+":"+pullPassword, "--src-cert-dir", certDir, seedRef, "oci:"+pulled+":v1"); err != nil {
+			t.Fatalf("pull with the pull-only account: %v", err)
+		}
+		if got := layoutEntry(t, pulled, "v1"); got.Digest != d {
+			t.Fatalf("pulled %s with the pull-only account, pushed %s", got.Digest, d)
+		}
+	})
+
 	upstream := "seed.local=https://" + seed.addr
 	t.Run("device pulls through the seed", func(t *testing.T) {
-		dockerConfig := writeDockerConfig(t, "seed.local", user, password)
+		dockerConfig := writeDockerConfig(t, "seed.local", puller, pullPassword)
 		device := startNode(t, "", "--upstream", upstream, "--restrict-upstreams",
 			"--docker-config", dockerConfig, "--upstream-ca", pki.caFile)
 		out := t.TempDir()

@@ -21,27 +21,31 @@ import (
 // as its upstream. It is inlined in Config: the YAML keys sit beside the
 // others.
 type ExposeConfig struct {
-	TLSCert    string `yaml:"tls_cert"`
-	TLSKey     string `yaml:"tls_key"`
-	Htpasswd   string `yaml:"htpasswd"`
-	Insecure   bool   `yaml:"insecure"`
-	UpstreamCA string `yaml:"upstream_ca"`
+	TLSCert  string `yaml:"tls_cert"`
+	TLSKey   string `yaml:"tls_key"`
+	Htpasswd string `yaml:"htpasswd"`
+	// PullHtpasswd holds accounts that may only pull (devices).
+	PullHtpasswd string `yaml:"pull_htpasswd"`
+	Insecure     bool   `yaml:"insecure"`
+	UpstreamCA   string `yaml:"upstream_ca"`
 }
 
 func (c *ExposeConfig) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate (chain) of the registry API; serves HTTPS, TLS 1.2+, with --tls-key (env IMGMESH_TLS_CERT)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert (env IMGMESH_TLS_KEY)")
 	fs.StringVar(&c.Htpasswd, "htpasswd", "", "htpasswd file (bcrypt, htpasswd -B): basic auth on the registry, admin API and metrics; /healthz and /readyz stay open (env IMGMESH_HTPASSWD)")
+	fs.StringVar(&c.PullHtpasswd, "pull-htpasswd", "", "htpasswd file of pull-only accounts (devices): GET and HEAD only, no push, delete or admin change; needs --htpasswd (env IMGMESH_PULL_HTPASSWD)")
 	fs.BoolVar(&c.Insecure, "insecure", false, "allow a non-loopback --listen address without --htpasswd (env IMGMESH_INSECURE)")
 	fs.StringVar(&c.UpstreamCA, "upstream-ca", "", "PEM CA certificate(s) trusted for upstreams besides the system's, e.g. a seed node's (env IMGMESH_UPSTREAM_CA)")
 }
 
 var exposeFlagNames = map[string]func(dst, src *ExposeConfig){
-	"tls-cert":    func(d, s *ExposeConfig) { d.TLSCert = s.TLSCert },
-	"tls-key":     func(d, s *ExposeConfig) { d.TLSKey = s.TLSKey },
-	"htpasswd":    func(d, s *ExposeConfig) { d.Htpasswd = s.Htpasswd },
-	"insecure":    func(d, s *ExposeConfig) { d.Insecure = s.Insecure },
-	"upstream-ca": func(d, s *ExposeConfig) { d.UpstreamCA = s.UpstreamCA },
+	"tls-cert":      func(d, s *ExposeConfig) { d.TLSCert = s.TLSCert },
+	"tls-key":       func(d, s *ExposeConfig) { d.TLSKey = s.TLSKey },
+	"htpasswd":      func(d, s *ExposeConfig) { d.Htpasswd = s.Htpasswd },
+	"pull-htpasswd": func(d, s *ExposeConfig) { d.PullHtpasswd = s.PullHtpasswd },
+	"insecure":      func(d, s *ExposeConfig) { d.Insecure = s.Insecure },
+	"upstream-ca":   func(d, s *ExposeConfig) { d.UpstreamCA = s.UpstreamCA },
 }
 
 func (c *ExposeConfig) applyFlags(fs *pflag.FlagSet, set *ExposeConfig) {
@@ -54,7 +58,7 @@ func (c *ExposeConfig) applyFlags(fs *pflag.FlagSet, set *ExposeConfig) {
 
 func (c *ExposeConfig) applyEnv(lookupEnv func(string) (string, bool)) error {
 	for key, dst := range map[string]*string{"TLS_CERT": &c.TLSCert, "TLS_KEY": &c.TLSKey,
-		"HTPASSWD": &c.Htpasswd, "UPSTREAM_CA": &c.UpstreamCA} {
+		"HTPASSWD": &c.Htpasswd, "PULL_HTPASSWD": &c.PullHtpasswd, "UPSTREAM_CA": &c.UpstreamCA} {
 		if v, ok := lookupEnv(envPrefix + key); ok && v != "" {
 			*dst = v
 		}
@@ -74,6 +78,9 @@ func (c *ExposeConfig) applyEnv(lookupEnv func(string) (string, bool)) error {
 func (c *ExposeConfig) validate(listen string) error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("--tls-cert and --tls-key go together: give both or neither")
+	}
+	if c.PullHtpasswd != "" && c.Htpasswd == "" {
+		return errors.New("--pull-htpasswd needs --htpasswd: the accounts that may push and manage the node")
 	}
 	if c.Htpasswd == "" && !c.Insecure && !isLoopback(listen) {
 		return fmt.Errorf("refusing to serve the registry API on non-loopback address %s without authentication: "+
@@ -124,7 +131,13 @@ func (c ExposeConfig) authWrap(log *slog.Logger, listen string) (func(http.Handl
 	if err != nil {
 		return nil, fmt.Errorf("--htpasswd: %w", err)
 	}
-	auth, err := registryapi.NewAuthenticator(registryapi.AuthOptions{Users: users, Logger: log})
+	var pullers *registryapi.Htpasswd
+	if c.PullHtpasswd != "" {
+		if pullers, err = registryapi.LoadHtpasswd(c.PullHtpasswd); err != nil {
+			return nil, fmt.Errorf("--pull-htpasswd: %w", err)
+		}
+	}
+	auth, err := registryapi.NewAuthenticator(registryapi.AuthOptions{Users: users, Pullers: pullers, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("--htpasswd %s: %w", c.Htpasswd, err)
 	}

@@ -169,6 +169,9 @@ func TestServeExposedBadFiles(t *testing.T) {
 		{name: "key of another certificate", args: []string{"--tls-cert", pki.certFile, "--tls-key", newTestPKI(t).keyFile}, want: "--tls-cert/--tls-key"},
 		{name: "CA file without PEM", args: []string{"--upstream-ca", notPEM}, want: "no PEM certificate"},
 		{name: "non-loopback without auth", args: []string{"--listen", "0.0.0.0:0"}, want: "--insecure"},
+		{name: "pull accounts without full ones", args: []string{"--pull-htpasswd", htpasswdFile(t, "device", "pw")}, want: "--pull-htpasswd needs --htpasswd"},
+		{name: "non-bcrypt pull htpasswd", args: []string{"--htpasswd", htpasswdFile(t, "tech", "pw"), "--pull-htpasswd", md5}, want: "--pull-htpasswd"},
+		{name: "one name in both files", args: []string{"--htpasswd", htpasswdFile(t, "tech", "pw"), "--pull-htpasswd", htpasswdFile(t, "tech", "other")}, want: `"tech" is both`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -89,6 +89,10 @@ func (a *nodeAPI) refused(resp *http.Response, raw []byte) error {
 		}
 		return fmt.Errorf("node %s refused the login in --node", a.shown)
 	}
+	if resp.StatusCode == http.StatusForbidden && a.login {
+		return fmt.Errorf("node %s: the account in --node may only pull; %s %s needs an account of the node's --htpasswd",
+			a.shown, resp.Request.Method, resp.Request.URL.Path)
+	}
 	var eb admin.ErrorBody
 	if json.Unmarshal(raw, &eb) == nil && len(eb.Errors) > 0 && eb.Errors[0].Message != "" {
 		return fmt.Errorf("node refused: %s", eb.Errors[0].Message)

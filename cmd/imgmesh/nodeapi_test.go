@@ -49,6 +49,31 @@ func TestNodeAPIErrors(t *testing.T) {
 	}
 }
 
+// TestPullOnlyAccountOnTheCLI: with a --pull-htpasswd account, the commands
+// that read work, and one that changes the node fails in one line that
+// says the account may only pull, and changes nothing.
+func TestPullOnlyAccountOnTheCLI(t *testing.T) {
+	t.Parallel()
+	n := startServe(t, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--upstream", "none",
+		"--htpasswd", htpasswdFile(t, "tech", "admin-pw"), "--pull-htpasswd", htpasswdFile(t, "device", "pull-pw"))
+	device := "http://device:pull-pw@" + n.addr
+	for _, args := range [][]string{{"status", "--node", device}, {"images", "ls", "--node", device}} {
+		if code, out, errOut := runCLI(t, nil, args...); code != 0 {
+			t.Errorf("%v as the pull-only account: exit %d\n%s%s", args[:2], code, out, errOut)
+		}
+	}
+	code, _, errOut := runCLI(t, nil, "images", "pin", "--node", device, "plant/app:v1")
+	if code == 0 || !strings.Contains(errOut, "may only pull") || strings.Count(strings.TrimSpace(errOut), "\n") != 0 ||
+		strings.Contains(errOut, "pull-pw") {
+		t.Errorf("images pin as the pull-only account: exit %d, stderr %q; want one line saying it may only pull", code, errOut)
+	}
+	// The full account gets past the login (the image is not there).
+	code, _, errOut = runCLI(t, nil, "images", "pin", "--node", "http://tech:admin-pw@"+n.addr, "plant/app:v1")
+	if code == 0 || strings.Contains(errOut, "may only pull") || strings.Contains(errOut, "login") {
+		t.Errorf("images pin as the full account: exit %d, stderr %q; want the node's answer about the image", code, errOut)
+	}
+}
+
 // TestPeersOfALoneNode: peers on a node without a fleet says so instead of
 // printing an empty table.
 func TestPeersOfALoneNode(t *testing.T) {
