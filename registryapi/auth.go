@@ -49,8 +49,8 @@ type AuthOptions struct {
 	// A push, a delete or a change through the admin API answers 403
 	// DENIED. A name may not be in both Users and Pullers.
 	Pullers *Htpasswd
-	Realm  string       // default DefaultAuthRealm
-	Logger *slog.Logger // default: discard
+	Realm   string       // default DefaultAuthRealm
+	Logger  *slog.Logger // default: discard
 
 	now func() time.Time // tests
 }
@@ -134,9 +134,9 @@ type Access int
 
 // The outcomes of Check.
 const (
-	NoAccess Access = iota // no such user, or a wrong password
-	PullOnly               // an account of AuthOptions.Pullers
-	FullAccess             // an account of AuthOptions.Users
+	NoAccess   Access = iota // no such user, or a wrong password
+	PullOnly                 // an account of AuthOptions.Pullers
+	FullAccess               // an account of AuthOptions.Users
 )
 
 // Check reports what user with password may do. A match is remembered for
