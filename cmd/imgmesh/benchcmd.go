@@ -21,7 +21,63 @@ func (c *cli) benchCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(c.benchFleetCmd())
+	cmd.AddCommand(c.benchFleetCmd(), c.benchLinksCmd())
+	return cmd
+}
+
+// benchLinksCmd is `imgmesh bench links`: what the benchmark's shaped
+// network carries between devices, pattern by pattern, without imgmesh.
+func (c *cli) benchLinksCmd() *cobra.Command {
+	var (
+		nodes    int
+		link     string
+		duration time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "links",
+		Short: "What the benchmark's shaped network carries between devices, for three traffic patterns",
+		Long: `Build bench fleet's network (root: namespaces, a bridge, tc tbf on every link)
+with no imgmesh in it, and measure the bytes per second all devices receive
+from each other for: long streams (each device reads from 4 others), random
+1 MiB pieces (6 requests out per device to random others, 4 served at once,
+503 beyond: how imgmesh's swarm asks) and sticky pieces (4 requests out,
+each staying with a device until refused; 4 served at once). It prints each
+as a share of what the links carry (N·B): the ceiling of that way of asking.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rate, err := fleet.ParseRate(link)
+			if err != nil {
+				return fmt.Errorf("--link: %w", err)
+			}
+			if nodes < 2 || nodes > 200 {
+				return fmt.Errorf("--nodes %d: want 2 to 200", nodes)
+			}
+			if duration < time.Second || duration > 10*time.Minute {
+				return fmt.Errorf("--duration %s: want 1s to 10m", duration)
+			}
+			if err := fleet.CheckNetns(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			res, err := fleet.ProbeLinks(ctx, nodes, rate, duration, cmd.ErrOrStderr())
+			if err != nil {
+				return fmt.Errorf("bench links: %w", err)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%d devices, links of %s each way, %s per pattern\n\n", nodes, fleet.FormatRate(rate), duration)
+			fmt.Fprintln(w, "| pattern | received, all devices | of N·B |")
+			fmt.Fprintln(w, "| --- | --- | --- |")
+			for _, r := range res {
+				fmt.Fprintf(w, "| %s | %.1f MB/s | %.2f |\n", r.Pattern, r.BytesPerS/1e6, r.OfLinks)
+			}
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.IntVar(&nodes, "nodes", 10, "devices N")
+	fs.StringVar(&link, "link", "100Mbit", "each device's link rate B, each direction")
+	fs.DurationVar(&duration, "duration", 8*time.Second, "how long each pattern runs")
 	return cmd
 }
 
