@@ -6,13 +6,16 @@ import (
 )
 
 // TestBenchFleetBadFlags proves a bad value stops `imgmesh bench fleet`
-// before anything starts, with one line naming the flag.
+// (or `bench links`) before anything starts, with one line naming the flag.
 func TestBenchFleetBadFlags(t *testing.T) {
 	tests := []struct {
 		name string
 		args []string
 		want string
 	}{
+		{name: "links: one node", args: []string{"links", "--nodes", "1"}, want: "--nodes 1"},
+		{name: "links: ambiguous Mbps", args: []string{"links", "--link", "5Mbps"}, want: "--link: rate \"5Mbps\""},
+		{name: "links: no time", args: []string{"links", "--duration", "0s"}, want: "--duration 0s"},
 		{name: "rate without unit", args: []string{"--link", "100"}, want: "--link: rate \"100\""},
 		{name: "ambiguous Mbps", args: []string{"--uplink", "50Mbps"}, want: "--uplink: rate \"50Mbps\""},
 		{name: "size", args: []string{"--size", "big"}, want: "--size: size \"big\""},
@@ -23,7 +26,11 @@ func TestBenchFleetBadFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, stdout, stderr := runCLI(t, nil, append([]string{"bench", "fleet"}, tt.args...)...)
+			args := append([]string{"bench", "fleet"}, tt.args...)
+			if tt.args[0] == "links" {
+				args = append([]string{"bench"}, tt.args...)
+			}
+			code, stdout, stderr := runCLI(t, nil, args...)
 			if code != 1 || stdout != "" {
 				t.Fatalf("exit %d, stdout %q; want 1 and nothing", code, stdout)
 			}
