@@ -112,9 +112,11 @@ func (n *Node) resolveTag(ctx context.Context, name Name, tag string) (digest.Di
 	if d, ok := n.tagFromPeers(ctx, name, tag); ok {
 		return d, nil
 	}
-	if upErr != nil {
+	if upErr != nil && !errors.Is(upErr, upstream.ErrDenied) {
 		// Unknown here, and upstream could not say: "unavailable", as for a
-		// blob, not "unknown", which would blame the tag.
+		// blob, not "unknown", which would blame the tag. An upstream that
+		// refused access did answer: Docker Hub says 401 to an anonymous
+		// client for a repository it does not have (a typo).
 		return "", upstreamErr(fmt.Sprintf("manifest %s:%s", name.Repo, tag), upErr)
 	}
 	return "", fmt.Errorf("manifest %s:%s: %w", name.Repo, tag, err)

@@ -270,6 +270,14 @@ func TestMissingEverywhere(t *testing.T) {
 	if !errors.Is(err, node.ErrUpstream) || errors.Is(err, blobstore.ErrNotFound) {
 		t.Fatalf("tag with upstream down: got %v, want ErrUpstream", err)
 	}
+	// An upstream that refuses access answered: Docker Hub says 401 to an
+	// anonymous client for a repository it does not have (a typo), and
+	// that stays "no such manifest".
+	o.down.Store(false)
+	o.deny.Store(true)
+	if _, err := n.Manifest(ctx, node.Name{NS: ns, Repo: "typo/app"}, "latest", false); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("tag the upstream refuses: got %v, want ErrNotFound", err)
+	}
 }
 
 func TestLocalOnlyKeepsRepositoriesApart(t *testing.T) {

@@ -30,6 +30,7 @@ type origin struct {
 	blobGets  map[string]int // digest -> GETs
 	ranges    int            // GETs with a Range header
 	down      atomic.Bool    // answer 503 to everything
+	deny      atomic.Bool    // answer 401 UNAUTHORIZED to everything but /v2/ (Docker Hub's answer to a repository it lacks)
 	corrupt   atomic.Bool    // flip one byte of blob bodies
 	empty     atomic.Bool    // answer blob GETs 200 with an empty body
 	breakAt   atomic.Int64   // >0: cut blob bodies after this many bytes (once)
@@ -45,6 +46,12 @@ func newOrigin(t *testing.T) *origin {
 	o.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if o.down.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		if o.deny.Load() && r.URL.Path != "/v2/" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
 			return
 		}
 		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/sha256:") {

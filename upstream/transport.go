@@ -64,15 +64,17 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 
 // statusError turns an unexpected response into an error wrapping
 // ErrNotFound (404, or an OCI *_UNKNOWN code) or ErrUnavailable (anything
-// else). It consumes and closes the body.
+// else; with ErrDenied for 401 and 403). It consumes and closes the body.
 func statusError(resp *http.Response, what string) error {
 	defer drain(resp)
 	err := transport.CheckError(resp) // parses the OCI error body
-	sentinel := ErrUnavailable
-	if notFound(resp.StatusCode, err) {
-		sentinel = ErrNotFound
+	switch {
+	case notFound(resp.StatusCode, err):
+		return fmt.Errorf("%s: %w: HTTP %d: %w", what, ErrNotFound, resp.StatusCode, err)
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return fmt.Errorf("%s: %w (%w): HTTP %d: %w", what, ErrUnavailable, ErrDenied, resp.StatusCode, err)
 	}
-	return fmt.Errorf("%s: %w: HTTP %d: %w", what, sentinel, resp.StatusCode, err)
+	return fmt.Errorf("%s: %w: HTTP %d: %w", what, ErrUnavailable, resp.StatusCode, err)
 }
 
 func notFound(status int, err error) bool {

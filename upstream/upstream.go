@@ -16,6 +16,10 @@ var (
 	// ErrUnavailable: the upstream could not be reached, timed out or
 	// answered 5xx/429/401 after auth.
 	ErrUnavailable = errors.New("upstream unavailable")
+	// ErrDenied is wrapped with ErrUnavailable when the upstream answered
+	// 401 or 403 after auth: no credentials or wrong ones, or (Docker Hub,
+	// to anonymous clients) no such repository.
+	ErrDenied = errors.New("upstream refused access")
 	// ErrNoUpstream: ns names no configured upstream and upstreams are
 	// restricted to the configured list (or none is configured).
 	ErrNoUpstream = errors.New("no upstream for registry")
