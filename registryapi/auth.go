@@ -49,6 +49,10 @@ type AuthOptions struct {
 	// A push, a delete or a change through the admin API answers 403
 	// DENIED. A name may not be in both Users and Pullers.
 	Pullers *Htpasswd
+	// Queries are paths where a POST only reads (a question with a JSON
+	// body, like the admin API's images/missing): pull-only accounts may
+	// POST there too.
+	Queries []string
 	Realm   string       // default DefaultAuthRealm
 	Logger  *slog.Logger // default: discard
 
@@ -58,11 +62,12 @@ type AuthOptions struct {
 // Authenticator checks HTTP basic auth against an htpasswd file. It is
 // safe for concurrent use.
 type Authenticator struct {
-	users []htUser
-	realm string
-	log   *slog.Logger
-	now   func() time.Time
-	sem   chan struct{} // bounds concurrent bcrypt runs to the CPUs
+	users   []htUser
+	queries []string // POST paths that only read
+	realm   string
+	log     *slog.Logger
+	now     func() time.Time
+	sem     chan struct{} // bounds concurrent bcrypt runs to the CPUs
 	// dummy is checked for unknown users, so that they cost as much as a
 	// wrong password: a random password at the first account's cost.
 	dummy []byte
@@ -112,6 +117,7 @@ func NewAuthenticator(opts AuthOptions) (*Authenticator, error) {
 	}
 	return &Authenticator{
 		users:    users,
+		queries:  slices.Clone(opts.Queries),
 		realm:    opts.Realm,
 		log:      opts.Logger,
 		now:      opts.now,
@@ -235,7 +241,7 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 		if ok {
 			access, err := a.Check(r.Context(), user, pass)
 			switch {
-			case access == FullAccess || (access == PullOnly && (r.Method == http.MethodGet || r.Method == http.MethodHead)):
+			case access == FullAccess || (access == PullOnly && a.reads(r)):
 				next.ServeHTTP(w, r)
 				return
 			case access == PullOnly:
@@ -256,6 +262,18 @@ func (a *Authenticator) Wrap(next http.Handler) http.Handler {
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf("Basic realm=%q", a.realm))
 		writeError(w, r, apiError(CodeUnauthorized, nil))
 	})
+}
+
+// reads reports whether r only reads: a GET, a HEAD, or a POST to one of
+// the query paths.
+func (a *Authenticator) reads(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		return true
+	case http.MethodPost:
+		return slices.Contains(a.queries, r.URL.Path)
+	}
+	return false
 }
 
 // Htpasswd is the accounts of an htpasswd file, bcrypt hashes only.

@@ -66,7 +66,7 @@ func newAuthServerPullers(t *testing.T, htpasswd, pullers string) *authServer {
 	}
 	var mu sync.Mutex
 	now := time.Now()
-	a, err := NewAuthenticator(AuthOptions{Users: users, Pullers: pull, now: func() time.Time {
+	a, err := NewAuthenticator(AuthOptions{Users: users, Pullers: pull, Queries: []string{"/api/v1/images/missing"}, now: func() time.Time {
 		mu.Lock()
 		defer mu.Unlock()
 		return now
@@ -186,8 +186,9 @@ func TestBasicAuthPushPull(t *testing.T) {
 }
 
 // TestPullOnlyAccounts: an account of Pullers reads everything a full
-// account reads, and is denied every write (403 DENIED, nothing stored); a
-// full account still pushes, and a wrong puller password is a 401.
+// account reads (and POSTs to a query path), and is denied every write
+// (403 DENIED, nothing stored); a full account still pushes, and a wrong
+// puller password is a 401.
 func TestPullOnlyAccounts(t *testing.T) {
 	t.Parallel()
 	ts := newAuthServerPullers(t, bcryptLine(t, "tech", "admin-pw", "$2y$", bcrypt.MinCost),
@@ -206,6 +207,9 @@ func TestPullOnlyAccounts(t *testing.T) {
 		want(t, do(t, m, ts.URL+"/api/v1/images/rm", []byte("{}"), "Authorization", device), http.StatusForbidden, string(CodeDenied))
 	}
 	want(t, do(t, http.MethodGet, ts.URL+"/v2/", nil, "Authorization", basic("device", "wrong")), http.StatusUnauthorized, string(CodeUnauthorized))
+	// A POST that only asks a question is a read.
+	want(t, do(t, http.MethodPost, ts.URL+"/api/v1/images/missing", []byte("{}"), "Authorization", device), http.StatusOK, "")
+	want(t, do(t, http.MethodPut, ts.URL+"/api/v1/images/missing", []byte("{}"), "Authorization", device), http.StatusForbidden, string(CodeDenied))
 
 	want(t, do(t, http.MethodPost, ts.URL+"/v2/app/blobs/uploads/?digest="+dg, blob, "Authorization", tech), http.StatusCreated, "")
 	for _, path := range []string{"/v2/", "/v2/app/blobs/" + dg, "/api/v1/status", "/metrics"} {

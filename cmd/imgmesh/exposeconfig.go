@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/imgmesh/imgmesh/admin"
 	"github.com/imgmesh/imgmesh/registryapi"
 )
 
@@ -137,9 +138,16 @@ func (c ExposeConfig) authWrap(log *slog.Logger, listen string) (func(http.Handl
 			return nil, fmt.Errorf("--pull-htpasswd: %w", err)
 		}
 	}
-	auth, err := registryapi.NewAuthenticator(registryapi.AuthOptions{Users: users, Pullers: pullers, Logger: log})
+	auth, err := registryapi.NewAuthenticator(registryapi.AuthOptions{Users: users, Pullers: pullers, Logger: log,
+		Queries: []string{admin.ImagesPath + "/missing"}})
 	if err != nil {
+		if pullers != nil {
+			return nil, fmt.Errorf("--htpasswd %s, --pull-htpasswd %s: %w", c.Htpasswd, c.PullHtpasswd, err)
+		}
 		return nil, fmt.Errorf("--htpasswd %s: %w", c.Htpasswd, err)
+	}
+	if pullers != nil {
+		log.Info("pull-only accounts", "file", c.PullHtpasswd, "accounts", pullers.Len())
 	}
 	return auth.Wrap, nil
 }

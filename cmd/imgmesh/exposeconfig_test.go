@@ -235,3 +235,23 @@ func TestServeExposed(t *testing.T) {
 		t.Errorf("a TLS 1.1 client got %s, want a failed handshake", resp.Status)
 	}
 }
+
+// TestPullHtpasswdSources: pull_htpasswd from YAML, the environment over
+// YAML, the flag over the environment.
+func TestPullHtpasswdSources(t *testing.T) {
+	file := writeFile(t, t.TempDir(), "c.yaml", "htpasswd: /f/h\npull_htpasswd: /f/p\n")
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{env: map[string]string{"IMGMESH_CONFIG": file}, want: "/f/p"},
+		{env: map[string]string{"IMGMESH_CONFIG": file, "IMGMESH_PULL_HTPASSWD": "/e/p"}, want: "/e/p"},
+		{env: map[string]string{"IMGMESH_CONFIG": file, "IMGMESH_PULL_HTPASSWD": "/e/p"}, args: []string{"--pull-htpasswd", "/a/p"}, want: "/a/p"},
+	} {
+		cfg, err := parseServe(t, tc.env, tc.args...)
+		if err != nil || cfg.PullHtpasswd != tc.want {
+			t.Errorf("%v %v: %q %v, want %q", tc.env, tc.args, cfg.PullHtpasswd, err, tc.want)
+		}
+	}
+}

@@ -89,7 +89,7 @@ func (a *nodeAPI) refused(resp *http.Response, raw []byte) error {
 		}
 		return fmt.Errorf("node %s refused the login in --node", a.shown)
 	}
-	if resp.StatusCode == http.StatusForbidden && a.login {
+	if resp.StatusCode == http.StatusForbidden && a.login && strings.Contains(string(raw), `"DENIED"`) {
 		return fmt.Errorf("node %s: the account in --node may only pull; %s %s needs an account of the node's --htpasswd",
 			a.shown, resp.Request.Method, resp.Request.URL.Path)
 	}

@@ -62,7 +62,12 @@ func TestPullOnlyAccountOnTheCLI(t *testing.T) {
 			t.Errorf("%v as the pull-only account: exit %d\n%s%s", args[:2], code, out, errOut)
 		}
 	}
-	code, _, errOut := runCLI(t, nil, "images", "pin", "--node", device, "plant/app:v1")
+	// images missing asks with a POST: a question, which it may ask.
+	code, out, errOut := runCLI(t, nil, "images", "missing", "--node", device, "plant/app:v1")
+	if code != 1 || !strings.Contains(out, "plant/app:v1") || strings.Contains(errOut, "may only pull") {
+		t.Errorf("images missing as the pull-only account: exit %d\n%s%s; want exit 1 listing the image", code, out, errOut)
+	}
+	code, _, errOut = runCLI(t, nil, "images", "pin", "--node", device, "plant/app:v1")
 	if code == 0 || !strings.Contains(errOut, "may only pull") || strings.Count(strings.TrimSpace(errOut), "\n") != 0 ||
 		strings.Contains(errOut, "pull-pw") {
 		t.Errorf("images pin as the pull-only account: exit %d, stderr %q; want one line saying it may only pull", code, errOut)
