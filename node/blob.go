@@ -135,9 +135,22 @@ func (n *Node) statElsewhere(ctx context.Context, name Name, d digest.Digest) (C
 	if !n.mirrors(name) {
 		return Content{}, fmt.Errorf("blob %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
 	}
-	size, err := n.up.StatBlob(ctx, name.NS, name.Repo, d)
+	// A HEAD asks whether the blob exists, and a client about to push it
+	// asks for every blob: it gets the upstream's answer within the tag
+	// budget, else "unknown", so pushes and imports work with the upstream
+	// down (an offline seed, a laptop on an air-gapped line). A GET still
+	// answers 503 then.
+	sctx, cancel := context.WithTimeout(ctx, n.opts.TagTimeout)
+	size, err := n.up.StatBlob(sctx, name.NS, name.Repo, d)
+	cancel()
 	if err != nil {
-		return Content{}, upstreamErr(fmt.Sprintf("blob %s@%s", name.Repo, d), err)
+		err = upstreamErr(fmt.Sprintf("blob %s@%s", name.Repo, d), err)
+		if ctx.Err() == nil && !errors.Is(err, blobstore.ErrNotFound) {
+			n.log.LogAttrs(ctx, slog.LevelWarn, "upstream did not answer a blob HEAD; answering unknown",
+				slog.String("repo", name.Repo), slog.String("digest", d.String()), slog.String("err", err.Error()))
+			return Content{}, fmt.Errorf("blob %s@%s: %w (upstream: %v)", name.Repo, d, blobstore.ErrNotFound, err)
+		}
+		return Content{}, err
 	}
 	return Content{Digest: d, Size: size, Source: "upstream"}, nil
 }

@@ -264,6 +264,11 @@ func TestMissingEverywhere(t *testing.T) {
 	if _, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, d, false); !errors.Is(err, node.ErrUpstream) {
 		t.Fatalf("blob with upstream down: got %v, want ErrUpstream", err)
 	}
+	// A HEAD (a client about to push asks for every blob) gets "unknown":
+	// pushes work with the upstream down.
+	if _, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, d, true); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("blob HEAD with upstream down: got %v, want ErrNotFound", err)
+	}
 	// A tag nobody here knows, with upstream down: the answer is "upstream
 	// failed" (503), not "no such manifest" (404), as for a blob.
 	_, err := n.Manifest(ctx, node.Name{NS: ns, Repo: "team/app"}, "nope", false)

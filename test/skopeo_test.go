@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -169,4 +171,39 @@ func layoutBlob(t *testing.T, p layout.Path, desc v1.Descriptor) []byte {
 		t.Fatalf("blob %s in the layout has digest %s and %d bytes, want %d", desc.Digest, got, len(b), desc.Size)
 	}
 	return b
+}
+
+// TestPushWithUpstreamDown: a node whose upstream does not answer (an
+// offline seed, a laptop on an air-gapped line) still takes a push:
+// skopeo's HEAD of each blob gets "unknown", not 503, and the image is
+// then served from the node.
+func TestPushWithUpstreamDown(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, 2*time.Minute)
+	requireTool(t, "skopeo")
+	dead := fmt.Sprintf("http://127.0.0.1:%d", freePort(t)) // nothing listens there
+	n := startNode(t, "", "--upstream", "plant.local="+dead, "--restrict-upstreams", "--tag-timeout", "1s")
+	img := hostImage(t, ociImage, 2, 64<<10)
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	p, err := layout.Write(src, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "v1"})); err != nil {
+		t.Fatal(err)
+	}
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(ctx, t, "skopeo", "--policy", policy, "copy", "--dest-tls-verify=false", "--preserve-digests",
+		"oci:"+src+":v1", "docker://"+n.addr+"/plant/app:v1")
+	r := n.getManifest(ctx, t, httpClient(t), "plant/app", "v1")
+	if r.status != http.StatusOK || sha256Digest(r.body) != d.String() {
+		t.Fatalf("pushed manifest from the node: status %d, digest %s; want %s", r.status, sha256Digest(r.body), d)
+	}
 }
