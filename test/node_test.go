@@ -34,6 +34,7 @@ type imgmeshNode struct {
 	dataDir string
 	args    []string
 	proc    *proc
+	nofile  int // >0: the node's open-file limit (ulimit -n)
 }
 
 // startNode runs `imgmesh serve` on a free port with data in dataDir (a new
@@ -58,7 +59,11 @@ func startNode(t *testing.T, dataDir string, extra ...string) *imgmeshNode {
 
 func (n *imgmeshNode) start(t *testing.T) {
 	t.Helper()
-	p := startProc(t, "imgmesh", noInternet, append([]string{imgmeshBin}, n.args...)...)
+	argv := append([]string{imgmeshBin}, n.args...)
+	if n.nofile > 0 { // the shell execs the node: same PID, the limit set
+		argv = append([]string{"bash", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, n.nofile)}, argv...)
+	}
+	p := startProc(t, "imgmesh", noInternet, argv...)
 	n.proc = p
 	t.Cleanup(func() {
 		// Runs before startProc's cleanup stops the node: stop it here so

@@ -151,6 +151,7 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 	api := registryapi.New(registryapi.Options{
 		Source: n, Store: n.Store(), Logger: log,
 		Registerer: reg, Gatherer: reg, MaxManifestSize: maxManifestSize,
+		MaxUploads: maxUploads(log),
 	})
 	if c, ok := api.(io.Closer); ok {
 		defer c.Close() // cancels upload sessions still open
@@ -249,4 +250,18 @@ func (c Config) registries() []upstream.Registry {
 		rs[i] = upstream.Registry{Name: u.Name, URL: strings.TrimRight(u.URL, "/")}
 	}
 	return rs
+}
+
+// maxUploads bounds open upload sessions (each holds a file) to a quarter of
+// the process's file limit, at most 1024: past it a push gets 429, where
+// running out of files would fail every request, the store included.
+func maxUploads(log *slog.Logger) int {
+	const most = 1024
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur/4 >= most {
+		return most
+	}
+	n := max(int(lim.Cur/4), 16)
+	log.Info("upload sessions bounded by the file limit", "max_uploads", n, "nofile", lim.Cur)
+	return n
 }
