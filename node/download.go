@@ -328,7 +328,7 @@ func (n *Node) copyBody(ctx context.Context, dl *download, w blobstore.Writer, b
 	stalled := time.AfterFunc(n.opts.IdleTimeout, abort)
 	defer stalled.Stop()
 	buf := make([]byte, 256<<10)
-	limited := io.LimitReader(body, size-w.Size()+1)
+	limited := io.LimitReader(n.throttled(ctx, body), size-w.Size()+1) // --max-download-rate
 	for {
 		k, rerr := limited.Read(buf)
 		if k > 0 {

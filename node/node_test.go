@@ -454,3 +454,43 @@ func TestLinkFailureAfterCommitKeepsTheBlob(t *testing.T) {
 		t.Errorf("upstream served the blob %d times, want once", g)
 	}
 }
+
+// TestLoneNodeDownloadsThroughTheRateCap: on a node without a fleet, what
+// it fetches from upstream passes the download cap (--max-download-rate)
+// too, every byte of it.
+func TestLoneNodeDownloadsThroughTheRateCap(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 3<<20)
+	store, err := blobstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var capped atomic.Int64
+	n := node.New(node.Options{Store: store, Upstream: up, IdleTimeout: 5 * time.Second,
+		Throttle: func(_ context.Context, r io.Reader) io.Reader { return countingReader{r, &capped} }})
+	defer n.Close()
+	d, _ := layers[0].Digest()
+	got, _, err := readBlob(context.Background(), n, "team/app", digest.Digest(d.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := capped.Load(); c != int64(len(got)) {
+		t.Fatalf("%d of the blob's %d bytes passed the rate cap", c, len(got))
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	c.n.Add(int64(k))
+	return k, err
+}

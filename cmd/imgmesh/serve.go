@@ -138,6 +138,8 @@ func (c *cli) serve(ctx context.Context, cfg Config) (err error) {
 			dopts.Throttle = rateCap(cfg.MaxUploadRate).Writer
 		}
 		m.serveData(dataplane.NewServer(dopts))
+	} else if cfg.MaxUploadRate > 0 {
+		log.Warn("--max-upload-rate has no effect without a fleet (--mesh=false): it caps what the node serves to peers")
 	}
 	if err := startPrefetch(pf, cfg, n, store, m); err != nil {
 		return err
