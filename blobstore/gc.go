@@ -147,7 +147,7 @@ func (g *GC) Check(ctx context.Context, s Store, busy func(digest.Digest) bool) 
 		"bytes", st.Bytes, "before", st.Before, "after", st.After, "low", g.quota.Low,
 		"skipped_busy", st.SkippedBusy, "duration", st.Duration)
 	if err == nil && st.After > g.quota.High {
-		g.log.Warn("disk quota: store still above its high watermark: the rest is pinned or in use",
+		g.log.Warn("disk quota: store still above its high watermark: the rest is pinned, in use, or blobs of no image in their grace period",
 			"bytes", st.After, "high", g.quota.High)
 	}
 	return err != nil || st.After > g.quota.High, err
