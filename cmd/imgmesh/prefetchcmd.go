@@ -101,10 +101,14 @@ func (c *cli) prefetch(ctx context.Context, stdin io.Reader, f prefetchFlags, ar
 	view := newProgressView(out)
 	var st prefetch.Status
 	var lastErr error
+	fails := 0 // polls in a row the node did not answer
 	for {
 		s, err := getOrder(ctx, api, o.ID)
 		if err == nil {
-			st, lastErr = s, nil
+			if fails >= warnAfterFails {
+				fmt.Fprintf(c.stderr, "imgmesh: node %s answers again\n", api.shown)
+			}
+			st, lastErr, fails = s, nil, 0
 			view.draw(st)
 			complete, failed, waiting := tally(st)
 			switch {
@@ -120,6 +124,10 @@ func (c *cli) prefetch(ctx context.Context, stdin io.Reader, f prefetchFlags, ar
 			}
 		} else {
 			lastErr = err
+			if fails++; fails == warnAfterFails && ctx.Err() == nil {
+				fmt.Fprintf(c.stderr, "imgmesh: %v; still waiting until %s (the order goes on in the fleet)\n",
+					err, giveUp.Local().Format(time.TimeOnly))
+			}
 		}
 		if time.Now().After(giveUp) {
 			if lastErr != nil {
@@ -136,6 +144,10 @@ func (c *cli) prefetch(ctx context.Context, stdin io.Reader, f prefetchFlags, ar
 		}
 	}
 }
+
+// warnAfterFails is how many polls in a row the node may leave unanswered
+// before the command says so (it keeps waiting).
+const warnAfterFails = 3
 
 // tally counts the selected members by outcome.
 func tally(st prefetch.Status) (complete, failed, waiting int) {
@@ -211,7 +223,7 @@ func (v *progressView) draw(st prefetch.Status) {
 		fmt.Fprintf(&buf, "\x1b[%dA", v.lines) // back to the first line of the block
 	}
 	for _, m := range st.Members {
-		line := fmt.Sprintf("%-*s  %s", width, m.Name, progressText(m.Report, v.tty))
+		line := fmt.Sprintf("%-*s  %s%s", width, m.Name, progressText(m.Report, v.tty), reachText(m))
 		if v.tty {
 			buf.WriteString("\x1b[2K" + line + "\n")
 			continue
@@ -220,6 +232,7 @@ func (v *progressView) draw(st prefetch.Status) {
 		if m.Report != nil {
 			state = string(m.Report.State)
 		}
+		state += reachText(m)
 		// Plain output: a line when the state changes, and every 5 s while pulling.
 		if prev, ok := v.last[m.Name]; ok && prev == state && (state != string(prefetch.Pulling) || time.Since(v.when[m.Name]) < 5*time.Second) {
 			continue
@@ -234,6 +247,18 @@ func (v *progressView) draw(st prefetch.Status) {
 		v.lines = max(v.lines, len(st.Members))
 	}
 	_, _ = v.w.Write(buf.Bytes())
+}
+
+// reachText marks a member the fleet lost: "  (unreachable)" or
+// "  (gone from the fleet)"; "" for one that is there.
+func reachText(m prefetch.MemberStatus) string {
+	switch {
+	case m.Gone:
+		return "  (gone from the fleet)"
+	case m.Unreachable:
+		return "  (unreachable)"
+	}
+	return ""
 }
 
 // progressText is "pulling  [#####-----]  50%  10 MiB / 20 MiB" (the bar on

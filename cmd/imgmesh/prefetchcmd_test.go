@@ -2,15 +2,22 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/imgmesh/imgmesh/admin"
 	"github.com/imgmesh/imgmesh/prefetch"
 )
 
@@ -102,5 +109,42 @@ func TestTallyCountsGoneMembersFailed(t *testing.T) {
 	}}
 	if c, f, w := tally(st); c != 2 || f != 2 || w != 1 {
 		t.Fatalf("tally = %d complete, %d failed, %d waiting; want 2, 2, 1", c, f, w)
+	}
+}
+
+// TestPrefetchSaysWhenTheNodeStopsAnswering: the node that took the order
+// answers once (a device pulling, another unreachable), then goes away:
+// the progress marks the unreachable device, and the command says in one
+// line that the node does not answer and that it keeps waiting, well
+// before its deadline.
+func TestPrefetchSaysWhenTheNodeStopsAnswering(t *testing.T) {
+	var gets atomic.Int32
+	order := prefetch.Order{ID: "o1", Refs: []string{"line/app:v1"}, Created: time.Now(), Deadline: time.Now().Add(time.Hour)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case r.Method == http.MethodPost:
+			w.WriteHeader(http.StatusCreated)
+			_ = json.NewEncoder(w).Encode(admin.PrefetchCreated{ID: order.ID, Order: order})
+		case gets.Add(1) == 1:
+			_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: []prefetch.MemberStatus{
+				{Name: "dev1", Report: &prefetch.Report{State: prefetch.Pulling, Done: 1, Total: 4}},
+				{Name: "dev2", Unreachable: true},
+			}})
+		default: // the node is gone
+			http.Error(w, "down", http.StatusBadGateway)
+		}
+	}))
+	defer srv.Close()
+	code, out, errOut := runCLI(t, nil, "prefetch", "--node", srv.URL, "line/app:v1", "--timeout", "1s", "--poll", "50ms")
+	if code == 0 {
+		t.Fatalf("exit 0 with the node gone\n%s%s", out, errOut)
+	}
+	if !regexp.MustCompile(`(?m)^dev2 +waiting  \(unreachable\)$`).MatchString(out) {
+		t.Errorf("progress does not mark dev2 unreachable:\n%s", out)
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "still waiting until") || !strings.Contains(lines[1], "deadline passed") {
+		t.Errorf("stderr %q: want one line saying the node does not answer and it keeps waiting, then the deadline", errOut)
 	}
 }
