@@ -169,10 +169,7 @@ func TestArchiveImportExport(t *testing.T) {
 // skopeo runs skopeo with a policy that accepts anything.
 func skopeo(ctx context.Context, t *testing.T, args ...string) {
 	t.Helper()
-	policy := filepath.Join(t.TempDir(), "policy.json")
-	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	policy := skopeoPolicy(t)
 	mustRun(ctx, t, append([]string{"skopeo", "--policy", policy}, args...)...)
 }
 

@@ -50,10 +50,7 @@ func TestSkopeoCopy(t *testing.T) {
 		}
 	}
 
-	policy := filepath.Join(t.TempDir(), "policy.json")
-	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	policy := skopeoPolicy(t)
 	copyTo := func(t *testing.T, repoTag string, all bool) v1.Descriptor {
 		t.Helper()
 		dir := t.TempDir()
@@ -188,22 +185,35 @@ func TestPushWithUpstreamDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := t.TempDir()
-	p, err := layout.Write(src, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "v1"})); err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(t.TempDir(), "policy.json")
-	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	src, policy := ociLayout(t, img, "v1"), skopeoPolicy(t)
 	mustRun(ctx, t, "skopeo", "--policy", policy, "copy", "--dest-tls-verify=false", "--preserve-digests",
 		"oci:"+src+":v1", "docker://"+n.addr+"/plant/app:v1")
 	r := n.getManifest(ctx, t, httpClient(t), "plant/app", "v1")
 	if r.status != http.StatusOK || sha256Digest(r.body) != d.String() {
 		t.Fatalf("pushed manifest from the node: status %d, digest %s; want %s", r.status, sha256Digest(r.body), d)
 	}
+}
+
+// ociLayout writes img into a new OCI layout directory under tag.
+func ociLayout(t *testing.T, img v1.Image, tag string) string {
+	t.Helper()
+	dir := t.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag})); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// skopeoPolicy is a signature policy file that accepts anything.
+func skopeoPolicy(t *testing.T) string {
+	t.Helper()
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return policy
 }
