@@ -26,7 +26,15 @@ func (n *Node) Blob(ctx context.Context, name Name, d digest.Digest, head bool) 
 		if !n.mirrors(name) && !n.meshed() {
 			return Content{}, fmt.Errorf("blob %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
 		}
-		if head && n.inflight(d) == nil {
+		if head {
+			// A download whose size is known answers at once; one that has
+			// none yet may be failing (the upstream down) and is not waited
+			// for: a HEAD asks the fleet and upstream itself.
+			if dl := n.inflight(d); dl != nil {
+				if st := dl.state(); st.err == nil && st.size >= 0 {
+					return Content{Digest: d, Size: st.size, Source: dl.sourceKind(), Arriving: true}, nil
+				}
+			}
 			return n.statElsewhere(ctx, name, d)
 		}
 		dl, onDisk := n.join(ctx, name, d)
@@ -146,7 +154,7 @@ func (n *Node) statElsewhere(ctx context.Context, name Name, d digest.Digest) (C
 	if err != nil {
 		err = upstreamErr(fmt.Sprintf("blob %s@%s", name.Repo, d), err)
 		if ctx.Err() == nil && !errors.Is(err, blobstore.ErrNotFound) {
-			n.log.LogAttrs(ctx, slog.LevelWarn, "upstream did not answer a blob HEAD; answering unknown",
+			n.log.LogAttrs(ctx, slog.LevelDebug, "upstream failed a blob HEAD; answering unknown",
 				slog.String("repo", name.Repo), slog.String("digest", d.String()), slog.String("err", err.Error()))
 			return Content{}, fmt.Errorf("blob %s@%s: %w (upstream: %v)", name.Repo, d, blobstore.ErrNotFound, err)
 		}

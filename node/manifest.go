@@ -24,12 +24,31 @@ const MaxManifestSize = 4 << 20
 // a short timeout, then the local index; digests from the store, then
 // upstream. What upstream serves is verified and stored before it is served.
 func (n *Node) Manifest(ctx context.Context, name Name, ref string, head bool) (Manifest, error) {
+	m, err := n.manifest(ctx, name, ref, head)
+	if head && errors.Is(err, ErrUpstream) && ctx.Err() == nil {
+		// As for a blob: a HEAD of a manifest the node lacks, with the
+		// upstream failing, is "unknown". A client about to push asks for
+		// the manifest by tag and digest first (crane, containerd), and
+		// pushes only after "unknown"; a GET still answers 503.
+		n.log.LogAttrs(ctx, slog.LevelDebug, "upstream failed a manifest HEAD; answering unknown",
+			slog.String("repo", name.Repo), slog.String("ref", ref), slog.String("err", err.Error()))
+		return Manifest{}, fmt.Errorf("manifest %s:%s: %w (upstream: %v)", name.Repo, ref, blobstore.ErrNotFound, err)
+	}
+	return m, err
+}
+
+func (n *Node) manifest(ctx context.Context, name Name, ref string, head bool) (Manifest, error) {
 	d := digest.Digest(ref)
 	if !isDigest(ref) {
 		var err error
 		if d, err = n.resolveTag(ctx, name, ref); err != nil {
 			return Manifest{}, err
 		}
+	}
+	if head { // a question: answered within the tag budget, like a tag
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, n.opts.TagTimeout)
+		defer cancel()
 	}
 	// Eviction spares the manifest while it is fetched, stored and read
 	// back for this request.

@@ -264,10 +264,15 @@ func TestMissingEverywhere(t *testing.T) {
 	if _, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, d, false); !errors.Is(err, node.ErrUpstream) {
 		t.Fatalf("blob with upstream down: got %v, want ErrUpstream", err)
 	}
-	// A HEAD (a client about to push asks for every blob) gets "unknown":
-	// pushes work with the upstream down.
+	// A HEAD (a client about to push asks for every blob and manifest)
+	// gets "unknown": pushes work with the upstream down.
 	if _, err := n.Blob(ctx, node.Name{NS: ns, Repo: "team/app"}, d, true); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Fatalf("blob HEAD with upstream down: got %v, want ErrNotFound", err)
+	}
+	for _, ref := range []string{"nope", d.String()} {
+		if _, err := n.Manifest(ctx, node.Name{NS: ns, Repo: "team/app"}, ref, true); !errors.Is(err, blobstore.ErrNotFound) {
+			t.Fatalf("manifest HEAD %s with upstream down: got %v, want ErrNotFound", ref, err)
+		}
 	}
 	// A tag nobody here knows, with upstream down: the answer is "upstream
 	// failed" (503), not "no such manifest" (404), as for a blob.
@@ -493,4 +498,59 @@ func (c countingReader) Read(p []byte) (int, error) {
 	k, err := c.r.Read(p)
 	c.n.Add(int64(k))
 	return k, err
+}
+
+// TestHeadDuringAFailingDownload: a HEAD that comes while another client's
+// download of the blob waits on a failing upstream does not wait for that
+// download: it gets "unknown" (a pushing client then uploads the blob)
+// before the download has failed.
+func TestHeadDuringAFailingDownload(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		if r.Method == http.MethodGet { // the upstream takes its time, then fails
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	store, err := blobstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: srv.URL}}, Restrict: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := node.New(node.Options{Store: store, Upstream: up, TagTimeout: time.Second})
+	defer n.Close()
+	name, d := node.Name{NS: ns, Repo: "a/b"}, digest.FromString("pushed soon")
+	pulled := make(chan error, 1)
+	go func() {
+		_, err := n.Blob(context.Background(), name, d, false) // another client's pull
+		pulled <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !n.Busy(d) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, err = n.Blob(context.Background(), name, d, true)
+	select {
+	case perr := <-pulled:
+		t.Fatalf("the download ended (%v) before the HEAD answered", perr)
+	default:
+	}
+	close(release)
+	if !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("HEAD during a failing download: %v; want unknown", err)
+	}
+	if perr := <-pulled; !errors.Is(perr, node.ErrUpstream) {
+		t.Fatalf("the download: %v, want ErrUpstream", perr)
+	}
 }

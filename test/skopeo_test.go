@@ -16,6 +16,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -171,9 +172,9 @@ func layoutBlob(t *testing.T, p layout.Path, desc v1.Descriptor) []byte {
 }
 
 // TestPushWithUpstreamDown: a node whose upstream does not answer (an
-// offline seed, a laptop on an air-gapped line) still takes a push:
-// skopeo's HEAD of each blob gets "unknown", not 503, and the image is
-// then served from the node.
+// offline seed, a laptop on an air-gapped line) still takes pushes: the
+// HEADs of blobs (skopeo) and of manifests (go-containerregistry) get
+// "unknown", not 503, and the image is then served from the node.
 func TestPushWithUpstreamDown(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 2*time.Minute)
@@ -191,6 +192,12 @@ func TestPushWithUpstreamDown(t *testing.T) {
 	r := n.getManifest(ctx, t, httpClient(t), "plant/app", "v1")
 	if r.status != http.StatusOK || sha256Digest(r.body) != d.String() {
 		t.Fatalf("pushed manifest from the node: status %d, digest %s; want %s", r.status, sha256Digest(r.body), d)
+	}
+	// go-containerregistry (crane, ko) asks for the manifest by tag and by
+	// digest before it pushes one, and pushes only after "unknown".
+	other := hostImage(t, ociImage, 1, 32<<10)
+	if err := remote.Write(ref(t, n.addr, "plant/other:v1"), other, remote.WithContext(ctx)); err != nil {
+		t.Fatalf("go-containerregistry push with the upstream down: %v", err)
 	}
 }
 
