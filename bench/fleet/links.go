@@ -194,10 +194,11 @@ func readStream(ctx context.Context, c *http.Client, addr string, got *atomic.In
 	}
 }
 
-// askPieces asks for pieces until ctx ends, counting those that arrived
-// whole in time.
+// askPieces asks for pieces until ctx ends, counting the bytes that
+// arrived in time (as readStream does: a piece cut by the deadline counts
+// for what came).
 func askPieces(ctx context.Context, c *http.Client, others []string, sticky bool, got *atomic.Int64) {
-	buf := make([]byte, probePiece)
+	buf := make([]byte, 256<<10)
 	query := ""
 	if sticky {
 		query = "?sticky"
@@ -212,11 +213,12 @@ func askPieces(ctx context.Context, c *http.Client, others []string, sticky bool
 			return
 		}
 		resp, err := c.Do(req)
-		if err != nil {
-			continue // the deadline, or a reset under load: ask again
-		}
-		if resp.StatusCode == http.StatusServiceUnavailable {
-			resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			// Refused (503), or a reset under load: another device, after a
+			// pause.
+			if err == nil {
+				resp.Body.Close()
+			}
 			to = others[rand.IntN(len(others))]
 			select {
 			case <-ctx.Done():
@@ -224,10 +226,16 @@ func askPieces(ctx context.Context, c *http.Client, others []string, sticky bool
 			}
 			continue
 		}
-		k, err := io.ReadFull(resp.Body, buf)
-		resp.Body.Close()
-		if err == nil && ctx.Err() == nil {
+		for {
+			k, err := resp.Body.Read(buf)
+			if ctx.Err() != nil {
+				break // past the deadline: not counted
+			}
 			got.Add(int64(k))
+			if err != nil {
+				break
+			}
 		}
+		resp.Body.Close()
 	}
 }

@@ -22,7 +22,7 @@ func TestProbeLinks(t *testing.T) {
 	}
 	const link = 40e6 / 8
 	var log testlog.Buffer
-	res, err := ProbeLinks(context.Background(), 3, link, 2*time.Second, &log)
+	res, err := ProbeLinks(context.Background(), 3, link, 4*time.Second, &log)
 	if err != nil {
 		t.Fatalf("ProbeLinks: %v\n%s", err, log.String())
 	}
