@@ -148,3 +148,38 @@ func TestPrefetchSaysWhenTheNodeStopsAnswering(t *testing.T) {
 		t.Errorf("stderr %q: want one line saying the node does not answer and it keeps waiting, then the deadline", errOut)
 	}
 }
+
+// TestPrefetchSaysWhenTheNodeAnswersAgain: the node misses a few polls,
+// then answers with every device complete: the command says it lost the
+// node, then that it answers again, and exits 0.
+func TestPrefetchSaysWhenTheNodeAnswersAgain(t *testing.T) {
+	var gets atomic.Int32
+	order := prefetch.Order{ID: "o2", Refs: []string{"line/app:v1"}, Created: time.Now(), Deadline: time.Now().Add(time.Hour)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusCreated)
+			_ = json.NewEncoder(w).Encode(admin.PrefetchCreated{ID: order.ID, Order: order})
+			return
+		}
+		switch n := gets.Add(1); {
+		case n == 1:
+			_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: []prefetch.MemberStatus{
+				{Name: "dev1", Report: &prefetch.Report{State: prefetch.Pulling, Done: 1, Total: 4}}}})
+		case n <= 1+warnAfterFails:
+			http.Error(w, "restarting", http.StatusBadGateway)
+		default:
+			_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: []prefetch.MemberStatus{
+				{Name: "dev1", Report: &prefetch.Report{State: prefetch.Complete, Done: 4, Total: 4}}}})
+		}
+	}))
+	defer srv.Close()
+	code, out, errOut := runCLI(t, nil, "prefetch", "--node", srv.URL, "line/app:v1", "--timeout", "1m", "--poll", "20ms")
+	if code != 0 || !strings.Contains(out, "all 1 device(s) complete") {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "still waiting until") || !strings.Contains(lines[1], "answers again") {
+		t.Errorf("stderr %q: want a line that the node does not answer, then one that it answers again", errOut)
+	}
+}
