@@ -94,7 +94,9 @@ func (n *Node) join(ctx context.Context, name Name, d digest.Digest) (dl *downlo
 func (n *Node) joinAs(ctx context.Context, name Name, d digest.Digest, origin bool) (dl *download, onDisk bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if dl := n.downloads[d]; dl != nil {
+	// A download that has failed and is on its way out is not joined: this
+	// request starts afresh (the upstream may be back, or down now).
+	if dl := n.downloads[d]; dl != nil && dl.state().err == nil {
 		dl.addKey(n.Key(name))
 		s := dl.state()
 		return dl, s.verified || s.committed
@@ -126,7 +128,9 @@ func (n *Node) joinAs(ctx context.Context, name Name, d digest.Digest, origin bo
 		}
 		dl.finish(err)
 		n.mu.Lock()
-		delete(n.downloads, d)
+		if n.downloads[d] == dl { // a failed one may have been replaced already
+			delete(n.downloads, d)
+		}
 		n.mu.Unlock()
 	}()
 	return dl, false
