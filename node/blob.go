@@ -32,7 +32,8 @@ func (n *Node) Blob(ctx context.Context, name Name, d digest.Digest, head bool) 
 			// for: a HEAD asks the fleet and upstream itself.
 			if dl := n.inflight(d); dl != nil {
 				if st := dl.state(); st.err == nil && st.size >= 0 {
-					return Content{Digest: d, Size: st.size, Source: dl.sourceKind(), Arriving: true}, nil
+					size, kind, err := dl.waitSize(ctx) // known: no wait
+					return Content{Digest: d, Size: size, Source: kind, Arriving: true}, err
 				}
 			}
 			return n.statElsewhere(ctx, name, d)
@@ -147,22 +148,27 @@ func (n *Node) statElsewhere(ctx context.Context, name Name, d digest.Digest) (C
 	if !n.mirrors(name) {
 		return Content{}, fmt.Errorf("blob %s@%s: %w", name.Repo, d, blobstore.ErrNotFound)
 	}
-	// A HEAD asks whether the blob exists, and a client about to push it
-	// asks for every blob: it gets the upstream's answer within the tag
-	// budget, else "unknown", so pushes and imports work with the upstream
-	// down (an offline seed, a laptop on an air-gapped line). A GET still
-	// answers 503 then.
+	// A HEAD gets the upstream's answer within the tag budget, else
+	// "unknown" (unknownToHead).
 	sctx, cancel := context.WithTimeout(ctx, n.opts.TagTimeout)
 	size, err := n.up.StatBlob(sctx, name.NS, name.Repo, d)
 	cancel()
 	if err != nil {
-		err = upstreamErr(fmt.Sprintf("blob %s@%s", name.Repo, d), err)
-		if ctx.Err() == nil && !errors.Is(err, blobstore.ErrNotFound) {
-			n.log.LogAttrs(ctx, slog.LevelDebug, "upstream failed a blob HEAD; answering unknown",
-				slog.String("repo", name.Repo), slog.String("digest", d.String()), slog.String("err", err.Error()))
-			return Content{}, fmt.Errorf("blob %s@%s: %w (upstream: %v)", name.Repo, d, blobstore.ErrNotFound, err)
-		}
-		return Content{}, err
+		what := fmt.Sprintf("blob %s@%s", name.Repo, d)
+		return Content{}, n.unknownToHead(ctx, what, upstreamErr(what, err))
 	}
 	return Content{Digest: d, Size: size, Source: "upstream"}, nil
+}
+
+// unknownToHead turns an upstream failure into "unknown" for a HEAD of
+// what the node lacks (a blob, a manifest, a tag): a client about to push
+// asks for each first and pushes what is unknown, so pushes work with the
+// upstream down. A GET still answers 503. Other errors pass unchanged.
+func (n *Node) unknownToHead(ctx context.Context, what string, err error) error {
+	if !errors.Is(err, ErrUpstream) || ctx.Err() != nil {
+		return err
+	}
+	n.log.LogAttrs(ctx, slog.LevelDebug, "upstream failed a HEAD; answering unknown",
+		slog.String("what", what), slog.String("err", err.Error()))
+	return fmt.Errorf("%s: %w (upstream: %v)", what, blobstore.ErrNotFound, err)
 }

@@ -137,13 +137,6 @@ func (dl *download) state() snapshot {
 
 // waitSize waits until the blob's size is known or the download failed, and
 // tells which kind of source answered.
-// sourceKind is where the download's bytes come from ("peer", "upstream").
-func (dl *download) sourceKind() string {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	return dl.source
-}
-
 func (dl *download) waitSize(ctx context.Context) (int64, string, error) {
 	for {
 		s := dl.state()

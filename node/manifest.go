@@ -25,14 +25,10 @@ const MaxManifestSize = 4 << 20
 // upstream. What upstream serves is verified and stored before it is served.
 func (n *Node) Manifest(ctx context.Context, name Name, ref string, head bool) (Manifest, error) {
 	m, err := n.manifest(ctx, name, ref, head)
-	if head && errors.Is(err, ErrUpstream) && ctx.Err() == nil {
-		// As for a blob: a HEAD of a manifest the node lacks, with the
-		// upstream failing, is "unknown". A client about to push asks for
-		// the manifest by tag and digest first (crane, containerd), and
-		// pushes only after "unknown"; a GET still answers 503.
-		n.log.LogAttrs(ctx, slog.LevelDebug, "upstream failed a manifest HEAD; answering unknown",
-			slog.String("repo", name.Repo), slog.String("ref", ref), slog.String("err", err.Error()))
-		return Manifest{}, fmt.Errorf("manifest %s:%s: %w (upstream: %v)", name.Repo, ref, blobstore.ErrNotFound, err)
+	if head && err != nil {
+		// crane and containerd ask for the manifest by tag and digest
+		// before they push it.
+		return Manifest{}, n.unknownToHead(ctx, fmt.Sprintf("manifest %s:%s", name.Repo, ref), err)
 	}
 	return m, err
 }
