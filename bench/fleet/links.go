@@ -181,9 +181,13 @@ func readStream(ctx context.Context, c *http.Client, addr string, got *atomic.In
 		return
 	}
 	defer resp.Body.Close()
-	buf := make([]byte, 256<<10)
+	countBody(ctx, resp.Body, make([]byte, 256<<10), got)
+}
+
+// countBody adds to got the bytes of body read before ctx ends.
+func countBody(ctx context.Context, body io.Reader, buf []byte, got *atomic.Int64) {
 	for {
-		k, err := resp.Body.Read(buf)
+		k, err := body.Read(buf)
 		if ctx.Err() != nil {
 			return // past the deadline: not counted
 		}
@@ -195,8 +199,7 @@ func readStream(ctx context.Context, c *http.Client, addr string, got *atomic.In
 }
 
 // askPieces asks for pieces until ctx ends, counting the bytes that
-// arrived in time (as readStream does: a piece cut by the deadline counts
-// for what came).
+// arrived in time (a piece cut by the deadline counts for what came).
 func askPieces(ctx context.Context, c *http.Client, others []string, sticky bool, got *atomic.Int64) {
 	buf := make([]byte, 256<<10)
 	query := ""
@@ -226,16 +229,7 @@ func askPieces(ctx context.Context, c *http.Client, others []string, sticky bool
 			}
 			continue
 		}
-		for {
-			k, err := resp.Body.Read(buf)
-			if ctx.Err() != nil {
-				break // past the deadline: not counted
-			}
-			got.Add(int64(k))
-			if err != nil {
-				break
-			}
-		}
+		countBody(ctx, resp.Body, buf, got)
 		resp.Body.Close()
 	}
 }
