@@ -85,12 +85,15 @@ func NewAuthenticator(opts AuthOptions) (*Authenticator, error) {
 		return nil, fmt.Errorf("%w: no users", ErrHtpasswd)
 	}
 	users := slices.Clone(opts.Users.users)
+	for i := range users {
+		users[i].access = FullAccess
+	}
 	if opts.Pullers != nil {
 		for _, p := range opts.Pullers.users {
 			if slices.ContainsFunc(users, func(u htUser) bool { return u.name == p.name }) {
 				return nil, fmt.Errorf("%w: user %q is both a full and a pull-only account", ErrHtpasswd, p.name)
 			}
-			p.pullOnly = true
+			p.access = PullOnly
 			users = append(users, p)
 		}
 	}
@@ -128,11 +131,11 @@ func NewAuthenticator(opts AuthOptions) (*Authenticator, error) {
 	}, nil
 }
 
-// cached is a verified pair: until when it is trusted, and whether its
-// account may only pull.
+// cached is a verified pair: until when it is trusted, and its account's
+// access.
 type cached struct {
-	expiry   time.Time
-	pullOnly bool
+	expiry time.Time
+	access Access
 }
 
 // Access is what an account may do.
@@ -159,17 +162,17 @@ func (a *Authenticator) Check(ctx context.Context, user, password string) (Acces
 	var k [sha256.Size]byte
 	mac.Sum(k[:0])
 	if c, ok := a.cached(k); ok {
-		return c.access(), nil
+		return c.access, nil
 	}
 
 	// Compare against every name, so the time taken does not tell which
 	// prefix of a name exists.
-	hash, pullOnly := a.dummy, false
+	hash, access := a.dummy, NoAccess
 	found := 0
 	for _, u := range a.users {
 		eq := subtle.ConstantTimeCompare([]byte(u.name), []byte(user))
 		if eq == 1 && found == 0 {
-			hash, pullOnly = u.hash, u.pullOnly
+			hash, access = u.hash, u.access
 		}
 		found |= eq
 	}
@@ -184,16 +187,8 @@ func (a *Authenticator) Check(ctx context.Context, user, password string) (Acces
 	if err != nil || found == 0 {
 		return NoAccess, nil
 	}
-	c := cached{pullOnly: pullOnly}
-	a.remember(k, c)
-	return c.access(), nil
-}
-
-func (c cached) access() Access {
-	if c.pullOnly {
-		return PullOnly
-	}
-	return FullAccess
+	a.remember(k, cached{access: access})
+	return access, nil
 }
 
 func (a *Authenticator) cached(k [sha256.Size]byte) (cached, bool) {
@@ -282,9 +277,9 @@ type Htpasswd struct {
 }
 
 type htUser struct {
-	name     string
-	hash     []byte
-	pullOnly bool
+	name   string
+	hash   []byte
+	access Access // set by NewAuthenticator
 }
 
 // Len is the number of accounts.
