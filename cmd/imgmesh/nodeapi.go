@@ -89,13 +89,15 @@ func (a *nodeAPI) refused(resp *http.Response, raw []byte) error {
 		}
 		return fmt.Errorf("node %s refused the login in --node", a.shown)
 	}
-	if resp.StatusCode == http.StatusForbidden && a.login && strings.Contains(string(raw), `"DENIED"`) {
-		return fmt.Errorf("node %s: the account in --node may only pull; %s %s needs an account of the node's --htpasswd",
-			a.shown, resp.Request.Method, resp.Request.URL.Path)
-	}
 	var eb admin.ErrorBody
-	if json.Unmarshal(raw, &eb) == nil && len(eb.Errors) > 0 && eb.Errors[0].Message != "" {
-		return fmt.Errorf("node refused: %s", eb.Errors[0].Message)
+	if json.Unmarshal(raw, &eb) == nil && len(eb.Errors) > 0 {
+		switch e := eb.Errors[0]; {
+		case resp.StatusCode == http.StatusForbidden && a.login && e.Code == "DENIED":
+			return fmt.Errorf("node %s: the account in --node may only pull; %s %s needs an account of the node's --htpasswd",
+				a.shown, resp.Request.Method, resp.Request.URL.Path)
+		case e.Message != "":
+			return fmt.Errorf("node refused: %s", e.Message)
+		}
 	}
 	if resp.StatusCode == http.StatusNotFound {
 		return fmt.Errorf("node %s: %s not found: is it an imgmesh node?", a.shown, resp.Request.URL.Path)
