@@ -141,10 +141,11 @@ func (c ExposeConfig) authWrap(log *slog.Logger, listen string) (func(http.Handl
 	auth, err := registryapi.NewAuthenticator(registryapi.AuthOptions{Users: users, Pullers: pullers, Logger: log,
 		Queries: []string{admin.ImagesPath + "/missing"}})
 	if err != nil {
+		files := "--htpasswd " + c.Htpasswd
 		if pullers != nil {
-			return nil, fmt.Errorf("--htpasswd %s, --pull-htpasswd %s: %w", c.Htpasswd, c.PullHtpasswd, err)
+			files += ", --pull-htpasswd " + c.PullHtpasswd
 		}
-		return nil, fmt.Errorf("--htpasswd %s: %w", c.Htpasswd, err)
+		return nil, fmt.Errorf("%s: %w", files, err)
 	}
 	if pullers != nil {
 		log.Info("pull-only accounts", "file", c.PullHtpasswd, "accounts", pullers.Len())
