@@ -276,6 +276,9 @@ func TestMissingImageFailsWithTheReason(t *testing.T) {
 		if !strings.Contains(ms.Report.Error, "not found") || !strings.Contains(ms.Report.Error, "nothing:here") {
 			t.Errorf("%s error %q, want the reference and not found", ms.Name, ms.Report.Error)
 		}
+		if !ms.Report.Missing || !ms.Report.Final() {
+			t.Errorf("%s report %+v: want missing, and final though it is retried", ms.Name, ms.Report)
+		}
 	}
 	// Retried until the deadline; then final (no retry time).
 	deadline := time.Now().Add(5 * time.Second)

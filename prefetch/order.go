@@ -88,9 +88,13 @@ type Report struct {
 	Error    string    `json:"error,omitempty"`
 	Attempts int       `json:"attempts,omitempty"`
 	RetryAt  time.Time `json:"retry_at,omitzero"` // failed: when the next attempt starts
-	Digests  []string  `json:"digests,omitempty"` // complete: what each reference resolved to
-	Updated  time.Time `json:"updated"`
-	Version  int64     `json:"version"`
+	// Missing: failed because the image, or a part of it, is not found.
+	// It is still retried (it may be pushed later), but nobody need wait
+	// for that, as they would for a retry after an upstream hiccup.
+	Missing bool      `json:"missing,omitempty"`
+	Digests []string  `json:"digests,omitempty"` // complete: what each reference resolved to
+	Updated time.Time `json:"updated"`
+	Version int64     `json:"version"`
 }
 
 // Request asks for a new order.
@@ -192,8 +196,11 @@ func (o Order) Selects(labels map[string]string) bool {
 }
 
 // Final reports whether a member is done with the order for now: complete,
-// or failed.
-func (r Report) Final() bool { return r.State == Complete || r.State == Failed }
+// failed with no retry left, or failed because the image is not found.
+// A member that failed otherwise and retries before the deadline is not.
+func (r Report) Final() bool {
+	return r.State == Complete || r.State == Failed && (r.RetryAt.IsZero() || r.Missing)
+}
 
 // versionAfter is a version larger than last and, when the clock allows,
 // the current time: versions keep growing across restarts that lost state.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/imgmesh/imgmesh/blobstore"
 	"github.com/imgmesh/imgmesh/node"
 )
 
@@ -109,7 +110,7 @@ func (m *Manager) run(ctx context.Context, o Order) {
 	attempt := cur.Attempts + 1
 	m.mu.Unlock()
 	m.changeState(o.ID, func(r *Report) {
-		r.State, r.Attempts, r.Error, r.RetryAt, r.Done, r.Total, r.Digests = Pulling, attempt, "", time.Time{}, 0, 0, nil
+		r.State, r.Attempts, r.Error, r.RetryAt, r.Missing, r.Done, r.Total, r.Digests = Pulling, attempt, "", time.Time{}, false, 0, 0, nil
 	})
 	m.log.Info("prefetch pulling", "order", o.ID, "refs", o.Refs, "attempt", attempt)
 
@@ -222,7 +223,8 @@ func (m *Manager) failed(o Order, attempt int, err error) {
 	if !retry.Before(o.Deadline) {
 		retry = time.Time{} // no time left: final
 	}
-	m.changeState(o.ID, func(r *Report) { r.State, r.Error, r.RetryAt = Failed, msg, retry })
+	missing := errors.Is(err, blobstore.ErrNotFound) || errors.Is(err, node.ErrNoPlatform)
+	m.changeState(o.ID, func(r *Report) { r.State, r.Error, r.RetryAt, r.Missing = Failed, msg, retry, missing })
 	m.log.Warn("prefetch failed", "order", o.ID, "attempt", attempt, "retry_at", retry, "err", err)
 }
 

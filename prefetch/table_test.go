@@ -232,3 +232,25 @@ func TestNewOrderValidates(t *testing.T) {
 		})
 	}
 }
+
+// TestReportFinal: a member is done for now when complete, when it failed
+// with no retry left, or when the image is missing; a member that retries
+// after a hiccup is not.
+func TestReportFinal(t *testing.T) {
+	later := time.Now().Add(time.Minute)
+	for _, c := range []struct {
+		r    Report
+		want bool
+	}{
+		{Report{State: Pending}, false},
+		{Report{State: Pulling}, false},
+		{Report{State: Complete}, true},
+		{Report{State: Failed}, true},
+		{Report{State: Failed, RetryAt: later}, false},
+		{Report{State: Failed, RetryAt: later, Missing: true}, true},
+	} {
+		if got := c.r.Final(); got != c.want {
+			t.Errorf("%+v: Final() = %v, want %v", c.r, got, c.want)
+		}
+	}
+}

@@ -143,9 +143,31 @@ func startProc(t *testing.T, name string, env []string, argv ...string) *proc {
 		p.stop(t)
 		if t.Failed() {
 			t.Logf("--- last lines of %s (pid %d) ---\n%s", name, p.pid, p.tail(p.tailN))
+			p.keepLog(t)
 		}
 	})
 	return p
+}
+
+// keepLog copies the whole output of a failed test's process into the
+// folder IMGMESH_TEST_LOGS names, if set: the tail shown is often too short
+// to tell why a flaky test failed.
+func (p *proc) keepLog(t *testing.T) {
+	dir := os.Getenv("IMGMESH_TEST_LOGS")
+	if dir == "" {
+		return
+	}
+	b, err := os.ReadFile(p.logPath)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err == nil {
+		name := strings.NewReplacer("/", "_").Replace(t.Name()) + "-" + p.name + ".log"
+		err = os.WriteFile(filepath.Join(dir, name), b, 0o644)
+	}
+	if err != nil {
+		t.Logf("keep the log of %s: %v", p.name, err)
+	}
 }
 
 // exited reports whether the process has ended.

@@ -283,6 +283,9 @@ func progressText(r *prefetch.Report, bar bool) string {
 	if r.State == prefetch.Failed && r.Error != "" {
 		s += "  " + r.Error
 	}
+	if r.State == prefetch.Failed && !r.Final() {
+		s += fmt.Sprintf("  (retrying at %s)", r.RetryAt.Local().Format(time.TimeOnly))
+	}
 	return s
 }
 

@@ -183,3 +183,45 @@ func TestPrefetchSaysWhenTheNodeAnswersAgain(t *testing.T) {
 		t.Errorf("stderr %q: want a line that the node does not answer, then one that it answers again", errOut)
 	}
 }
+
+// TestPrefetchWaitsForADeviceThatRetries: a device whose pull failed on a
+// hiccup and that retries before the deadline is waited for (the command
+// exits 0 once it completes); a device that failed because the image is
+// not found is reported at once, though it too retries.
+func TestPrefetchWaitsForADeviceThatRetries(t *testing.T) {
+	for _, missing := range []bool{false, true} {
+		var gets atomic.Int32
+		order := prefetch.Order{ID: "o3", Refs: []string{"line/app:v1"}, Created: time.Now(), Deadline: time.Now().Add(time.Hour)}
+		failed := &prefetch.Report{State: prefetch.Failed, Error: "upstream unavailable", Attempts: 1,
+			RetryAt: time.Now().Add(time.Minute), Missing: missing}
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			if r.Method == http.MethodPost {
+				w.WriteHeader(http.StatusCreated)
+				_ = json.NewEncoder(w).Encode(admin.PrefetchCreated{ID: order.ID, Order: order})
+				return
+			}
+			rep := failed
+			if gets.Add(1) > 3 {
+				rep = &prefetch.Report{State: prefetch.Complete, Done: 4, Total: 4, Attempts: 2}
+			}
+			_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: []prefetch.MemberStatus{
+				{Name: "dev1", Report: &prefetch.Report{State: prefetch.Complete, Done: 4, Total: 4}},
+				{Name: "dev2", Report: rep}}})
+		}))
+		code, out, errOut := runCLI(t, nil, "prefetch", "--node", srv.URL, "line/app:v1", "--timeout", "1m", "--poll", "20ms")
+		srv.Close()
+		if missing {
+			if code == 0 || gets.Load() != 1 || !regexp.MustCompile(`(?m)^dev2 +failed .*upstream unavailable`).MatchString(out) {
+				t.Errorf("image missing on dev2: exit %d after %d polls, want non-zero after 1 with dev2's line in the table\n%s%s", code, gets.Load(), out, errOut)
+			}
+			continue
+		}
+		if code != 0 || !strings.Contains(out, "all 2 device(s) complete") {
+			t.Errorf("dev2 retrying: exit %d, want 0 once it completes\n%s%s", code, out, errOut)
+		}
+		if !regexp.MustCompile(`(?m)^dev2 +failed .*\(retrying at \d\d:\d\d:\d\d\)$`).MatchString(out) {
+			t.Errorf("the progress does not say dev2 retries:\n%s", out)
+		}
+	}
+}
