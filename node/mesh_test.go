@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,6 +31,7 @@ import (
 // member is one node of an in-process fleet: real file store, real data
 // plane over HTTP, in-memory content routing.
 type member struct {
+	id      string
 	n       *node.Node
 	store   blobstore.Store
 	plane   *httptest.Server
@@ -37,6 +40,13 @@ type member struct {
 	// lateUntil (unix ns): piece-map polls are held until then (a member
 	// too loaded to answer).
 	lateUntil atomic.Int64
+	// slowFetch (ns): a request to fetch for the fleet is carried out at
+	// once, but answered this much later, and so are the polls that come
+	// meanwhile (a member loaded from then on).
+	slowFetch atomic.Int64
+	// downUntil (unix ns): the data plane answers 502 until then (a member
+	// restarting, or a hiccup of the network).
+	downUntil atomic.Int64
 	reg       *prometheus.Registry
 }
 
@@ -60,16 +70,17 @@ func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*no
 	net := p2p.NewMemoryNetwork()
 	var fleet []*member
 	members := &staticMembers{}
+	log := testLogger(t)
 	for i := range size {
-		m := &member{}
+		m := &member{id: string(rune('a' + i))}
 		store, err := blobstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}
-		id := string(rune('a' + i))
+		id := m.id
 		peers := dataplane.NewClient(dataplane.ClientOptions{NodeID: id}) // seeds tell members apart by it
 		t.Cleanup(peers.CloseIdleConnections)
-		opts := node.Options{Store: store, Peers: peers, LookupTimeout: time.Second, IdleTimeout: 5 * time.Second, Logger: testLogger()}
+		opts := node.Options{Store: store, Peers: peers, LookupTimeout: time.Second, IdleTimeout: 5 * time.Second, Logger: log.With("node", id)}
 		if o != nil {
 			up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
 			if err != nil {
@@ -88,7 +99,18 @@ func startFleet(t *testing.T, o *origin, size int, ranked bool, tune ...func(*no
 			if until := time.Unix(0, m.lateUntil.Load()); strings.HasPrefix(r.URL.Path, dataplane.PiecesPath) && time.Now().Before(until) {
 				time.Sleep(time.Until(until))
 			}
+			if time.Now().Before(time.Unix(0, m.downUntil.Load())) {
+				http.Error(w, "down", http.StatusBadGateway)
+				return
+			}
+			late := time.Duration(m.slowFetch.Load())
+			if late > 0 && strings.HasPrefix(r.URL.Path, dataplane.FetchPath) {
+				m.lateUntil.Store(time.Now().Add(late).UnixNano()) // its polls are late too
+			}
 			plane.ServeHTTP(w, r)
+			if late > 0 && strings.HasPrefix(r.URL.Path, dataplane.FetchPath) {
+				time.Sleep(late) // the answer leaves when the handler returns
+			}
 		}))
 		opts.Router = net.NewRouter(id, m.plane.URL)
 		if ranked {
@@ -456,6 +478,75 @@ func TestSwarmSlowFetcherIsNotReplaced(t *testing.T) {
 	}
 }
 
+// A member ranked first that is too loaded to answer the others' requests
+// to fetch in time, but fetches: they count on it rather than ask the next
+// in rank as well, and the upstream is asked for the blob once.
+func TestSwarmFetcherSlowToAnswerIsCountedOn(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 6<<20+3)
+	h, _ := layers[0].Digest()
+	d := digest.Digest(h.String())
+	o.gate, o.gateAfter = make(chan struct{}), 1<<20+5 // each stream pauses after a piece
+	// A stall timeout well past the late answers: this test is about the
+	// answer to the request to fetch, not about a stalled swarm.
+	fleet := newRankedFleet(t, o, 3, func(opts *node.Options) { opts.StallTimeout = 10 * time.Second })
+	var ids []string
+	for _, m := range fleet {
+		ids = append(ids, m.id)
+	}
+	var others []*node.Node
+	for _, m := range fleet {
+		if m.id == node.FirstRanked(d, ids) {
+			m.slowFetch.Store(int64(2500 * time.Millisecond)) // past the 1.5 s a member waits for the answer
+		} else {
+			others = append(others, m.n)
+		}
+	}
+	wait := readAtOnce(t.Context(), others, "team/app", d, layerBytes(t, layers[0]))
+	time.Sleep(4 * time.Second) // both requests to fetch timed out
+	if g := o.gets(h); g != 1 {
+		t.Errorf("upstream asked %d times for the blob while the fleet's fetcher was slow to answer, want once", g)
+	}
+	close(o.gate)
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if g := o.gets(h); g != 1 {
+		t.Errorf("upstream served the blob %d times, want once", g)
+	}
+}
+
+// A holder whose data plane failed for a moment is dropped as a source,
+// then used again: the pull completes from it while the upstream is
+// stuck, instead of failing on "no piece arrived".
+func TestSwarmSourceBackAfterAHiccupIsUsedAgain(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 3<<20+1)
+	h, _ := layers[0].Digest()
+	d, want := digest.Digest(h.String()), layerBytes(t, layers[0])
+	fleet := newRankedFleet(t, o, 2)
+	holder, puller := fleet[0], fleet[1]
+	if node.FirstRanked(d, []string{holder.id, puller.id}) != holder.id {
+		holder, puller = puller, holder // the holder fetches it for itself
+	}
+	if _, _, err := readBlob(t.Context(), holder.n, "team/app", d); err != nil {
+		t.Fatal(err)
+	}
+	waitStored(t, holder.store, d)
+	gate := make(chan struct{})
+	defer close(gate)
+	o.mu.Lock()
+	o.gate, o.gateAfter = gate, 0 // from now on the upstream sends nothing
+	o.mu.Unlock()
+	holder.downUntil.Store(time.Now().Add(time.Second).UnixNano())
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	got, _, err := readBlob(ctx, puller.n, "team/app", d)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("pull after the holder's hiccup: %v, correct bytes %v", err, bytes.Equal(got, want))
+	}
+}
+
 // Two members too loaded to answer each other's first poll in time each
 // pass the other over and fetch the blob from upstream. Once they hear each
 // other, the one ranked second leaves upstream to the first: the upstream
@@ -538,11 +629,48 @@ func nodesOf(fleet []*member) []*node.Node {
 }
 
 // testLogger logs to stderr at debug level when IMGMESH_TEST_DEBUG is set.
-func testLogger() *slog.Logger {
-	if os.Getenv("IMGMESH_TEST_DEBUG") == "" {
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("IMGMESH_TEST_DEBUG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	dir := os.Getenv("IMGMESH_TEST_LOGS")
+	if dir == "" {
 		return slog.New(slog.DiscardHandler)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// Debug logs of a fleet kept for a test that fails: a flaky swarm
+	// test is told apart by what its nodes did.
+	var buf lockedBuffer
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		path := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+		err := os.MkdirAll(dir, 0o755)
+		if err == nil {
+			err = os.WriteFile(path, buf.bytes(), 0o644)
+		}
+		if err != nil {
+			t.Logf("keep the fleet's log: %v", err)
+		}
+	})
+	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.b.Bytes())
 }
 
 // TestFleetFetchesAnEmptyBlob: a 0-byte blob (no pieces) comes from

@@ -2,7 +2,9 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -32,6 +34,10 @@ const (
 	maxStrikes = 3
 	// notHeldRetry spaces asking a member that does not have the blob yet.
 	notHeldRetry = 250 * time.Millisecond
+	// rejoinAfter is how long a member whose data plane failed (a dial
+	// timeout on a loaded host, a restart) is left out of a download
+	// before it may be a source again.
+	rejoinAfter = 2 * time.Second
 	// fetcherWait is how long from a download's start a member that ranks
 	// before this node has to answer its first poll before it is passed
 	// over as the fleet's fetcher: long enough for a loaded member in a
@@ -49,10 +55,13 @@ type swarmRun struct {
 	name Name
 	what string
 
-	mu         sync.Mutex
-	srcs       map[string]*peerSrc
-	failed     map[string]bool // members whose data plane failed us
-	used       []string        // peers whose pieces went in
+	mu     sync.Mutex
+	srcs   map[string]*peerSrc
+	failed map[string]time.Time // members whose data plane failed us, and when
+	// slowFetch: members asked to fetch for the fleet that did not answer
+	// in time; counted on once (a loaded member), passed over after.
+	slowFetch  map[string]bool
+	used       []string // peers whose pieces went in
 	upStarted  bool
 	upErr      error // why upstream could not deliver
 	errs       []sourceErr
@@ -73,7 +82,7 @@ type swarmRun struct {
 // they are served on, the whole blob against its digest before commit.
 func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer, name Name) error {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &swarmRun{n: n, dl: dl, sw: dl.sw, name: name, srcs: map[string]*peerSrc{}, failed: map[string]bool{},
+	r := &swarmRun{n: n, dl: dl, sw: dl.sw, name: name, srcs: map[string]*peerSrc{}, failed: map[string]time.Time{}, slowFetch: map[string]bool{},
 		what: fmt.Sprintf("blob %s@%s", name.Repo, dl.d), ctx: ctx, start: time.Now()}
 	defer r.wg.Wait()
 	defer cancel()
@@ -245,6 +254,23 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		fctx, cancel := context.WithTimeout(ctx, fetchAnswerWait+time.Second)
 		err := r.n.peers.Fetch(fctx, m.DataURL, r.dl.d, ns, r.name.Repo)
 		cancel()
+		r.mu.Lock()
+		countOn := err != nil && isTimeout(err) && ctx.Err() == nil && !r.slowFetch[m.ID]
+		if countOn {
+			r.slowFetch[m.ID] = true
+		}
+		r.mu.Unlock()
+		if countOn {
+			// It answered polls but not this request in time: a loaded
+			// member, which most likely got the request (or another
+			// member's) and fetches. Asking the next one as well made two
+			// fetchers. Its polls tell; if the swarm stalls, the next in
+			// rank is asked.
+			r.n.log.Debug("swarm: member slow to answer the request to fetch; counting on it", "digest", r.dl.d, "member", m.ID, "err", err)
+			r.addSource(ctx, m.ID, m.DataURL, false)
+			r.wake(m.ID)
+			return m.ID
+		}
 		if err != nil {
 			r.n.log.Debug("swarm: member could not fetch for the fleet", "digest", r.dl.d, "member", m.ID, "err", err)
 			r.fail(m.ID, "peer", err)
@@ -260,13 +286,16 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 // passOver says why member m is not asked to fetch for the fleet, or "".
 func (r *swarmRun) passOver(ctx context.Context, m Member, wait time.Time) string {
 	r.mu.Lock()
-	failed := r.failed[m.ID]
+	_, failed := r.failed[m.ID]
+	slow := r.slowFetch[m.ID]
 	r.mu.Unlock()
 	switch {
 	case m.DataURL == "":
 		return "no data plane"
 	case failed:
 		return "failed this download"
+	case slow:
+		return "did not answer a request to fetch in time"
 	case r.n.bad.has(r.dl.d, m.ID):
 		return "sent bad pieces"
 	case r.n.quiet.has(m.ID):
@@ -328,6 +357,13 @@ func (r *swarmRun) gotPiece(i int, kind, from string, size int, took time.Durati
 	if first {
 		r.n.announce(r.dl.d)
 	}
+}
+
+// isTimeout reports whether err is a request that ran out of time (its
+// deadline, or a dial or read timeout), rather than a refusal.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -58,7 +58,10 @@ func (r *swarmRun) addSource(ctx context.Context, id, url string, member bool) b
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if src := r.srcs[id]; (src != nil && !src.isGone()) || r.failed[id] {
+	if src := r.srcs[id]; src != nil && !src.isGone() {
+		return false
+	}
+	if when, ok := r.failed[id]; ok && time.Since(when) < rejoinAfter {
 		return false
 	}
 	src := &peerSrc{id: id, url: url, member: member, answered: make(chan struct{}), kick: make(chan struct{}, 1), pending: map[int]bool{}}
@@ -295,7 +298,7 @@ func (r *swarmRun) drop(src *peerSrc, err error) {
 
 func (r *swarmRun) fail(id, kind string, err error) {
 	r.mu.Lock()
-	r.failed[id] = true
+	r.failed[id] = time.Now()
 	r.errs = append(r.errs, sourceErr{-1, kind, fmt.Errorf("%s: %w", id, err)})
 	r.mu.Unlock()
 	r.n.m.fetches.WithLabelValues(kind, "error").Inc()
