@@ -11,11 +11,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/opencontainers/go-digest"
@@ -23,6 +23,7 @@ import (
 
 	"github.com/imgmesh/imgmesh/blobstore"
 	"github.com/imgmesh/imgmesh/dataplane"
+	"github.com/imgmesh/imgmesh/internal/testlog"
 	"github.com/imgmesh/imgmesh/node"
 	"github.com/imgmesh/imgmesh/p2p"
 	"github.com/imgmesh/imgmesh/upstream"
@@ -469,13 +470,7 @@ func TestSwarmSlowFetcherIsNotReplaced(t *testing.T) {
 	if g := o.gets(d); g != 1 {
 		t.Errorf("upstream asked %d times while its fetcher waited on it, want once", g)
 	}
-	close(o.gate)
-	if err := wait(); err != nil {
-		t.Fatal(err)
-	}
-	if g := o.gets(d); g != 1 {
-		t.Errorf("upstream served the blob %d times, want once", g)
-	}
+	openGateOnce(t, o, d, wait)
 }
 
 // A member ranked first that is too loaded to answer the others' requests
@@ -507,6 +502,13 @@ func TestSwarmFetcherSlowToAnswerIsCountedOn(t *testing.T) {
 	if g := o.gets(h); g != 1 {
 		t.Errorf("upstream asked %d times for the blob while the fleet's fetcher was slow to answer, want once", g)
 	}
+	openGateOnce(t, o, h, wait)
+}
+
+// openGateOnce lets the upstream's paused streams go on, waits for the
+// pulls, and checks that the upstream was asked for blob h once.
+func openGateOnce(t *testing.T, o *origin, h v1.Hash, wait func() error) {
+	t.Helper()
 	close(o.gate)
 	if err := wait(); err != nil {
 		t.Fatal(err)
@@ -639,7 +641,7 @@ func testLogger(t *testing.T) *slog.Logger {
 	}
 	// Debug logs of a fleet kept for a test that fails: a flaky swarm
 	// test is told apart by what its nodes did.
-	var buf lockedBuffer
+	var buf testlog.Buffer
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
@@ -647,30 +649,13 @@ func testLogger(t *testing.T) *slog.Logger {
 		path := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
 		err := os.MkdirAll(dir, 0o755)
 		if err == nil {
-			err = os.WriteFile(path, buf.bytes(), 0o644)
+			err = os.WriteFile(path, []byte(buf.String()), 0o644)
 		}
 		if err != nil {
 			t.Logf("keep the fleet's log: %v", err)
 		}
 	})
 	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
 }
 
 // TestFleetFetchesAnEmptyBlob: a 0-byte blob (no pieces) comes from

@@ -112,30 +112,45 @@ func TestTallyCountsGoneMembersFailed(t *testing.T) {
 	}
 }
 
+// orderNode is a node that takes one order and answers its n-th status
+// poll with members(n), or 502 when that returns nil (the node is away).
+// It returns the node and how many polls it had.
+func orderNode(t *testing.T, id string, members func(n int32) []prefetch.MemberStatus) (*httptest.Server, *atomic.Int32) {
+	var gets atomic.Int32
+	order := prefetch.Order{ID: id, Refs: []string{"line/app:v1"}, Created: time.Now(), Deadline: time.Now().Add(time.Hour)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusCreated)
+			_ = json.NewEncoder(w).Encode(admin.PrefetchCreated{ID: order.ID, Order: order})
+			return
+		}
+		ms := members(gets.Add(1))
+		if ms == nil {
+			http.Error(w, "down", http.StatusBadGateway)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: ms})
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &gets
+}
+
 // TestPrefetchSaysWhenTheNodeStopsAnswering: the node that took the order
 // answers once (a device pulling, another unreachable), then goes away:
 // the progress marks the unreachable device, and the command says in one
 // line that the node does not answer and that it keeps waiting, well
 // before its deadline.
 func TestPrefetchSaysWhenTheNodeStopsAnswering(t *testing.T) {
-	var gets atomic.Int32
-	order := prefetch.Order{ID: "o1", Refs: []string{"line/app:v1"}, Created: time.Now(), Deadline: time.Now().Add(time.Hour)}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		switch {
-		case r.Method == http.MethodPost:
-			w.WriteHeader(http.StatusCreated)
-			_ = json.NewEncoder(w).Encode(admin.PrefetchCreated{ID: order.ID, Order: order})
-		case gets.Add(1) == 1:
-			_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: []prefetch.MemberStatus{
-				{Name: "dev1", Report: &prefetch.Report{State: prefetch.Pulling, Done: 1, Total: 4}},
-				{Name: "dev2", Unreachable: true},
-			}})
-		default: // the node is gone
-			http.Error(w, "down", http.StatusBadGateway)
+	srv, _ := orderNode(t, "o1", func(n int32) []prefetch.MemberStatus {
+		if n > 1 {
+			return nil // the node is gone
 		}
-	}))
-	defer srv.Close()
+		return []prefetch.MemberStatus{
+			{Name: "dev1", Report: &prefetch.Report{State: prefetch.Pulling, Done: 1, Total: 4}},
+			{Name: "dev2", Unreachable: true},
+		}
+	})
 	code, out, errOut := runCLI(t, nil, "prefetch", "--node", srv.URL, "line/app:v1", "--timeout", "1s", "--poll", "50ms")
 	if code == 0 {
 		t.Fatalf("exit 0 with the node gone\n%s%s", out, errOut)
@@ -153,27 +168,15 @@ func TestPrefetchSaysWhenTheNodeStopsAnswering(t *testing.T) {
 // then answers with every device complete: the command says it lost the
 // node, then that it answers again, and exits 0.
 func TestPrefetchSaysWhenTheNodeAnswersAgain(t *testing.T) {
-	var gets atomic.Int32
-	order := prefetch.Order{ID: "o2", Refs: []string{"line/app:v1"}, Created: time.Now(), Deadline: time.Now().Add(time.Hour)}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		if r.Method == http.MethodPost {
-			w.WriteHeader(http.StatusCreated)
-			_ = json.NewEncoder(w).Encode(admin.PrefetchCreated{ID: order.ID, Order: order})
-			return
-		}
-		switch n := gets.Add(1); {
+	srv, _ := orderNode(t, "o2", func(n int32) []prefetch.MemberStatus {
+		switch {
 		case n == 1:
-			_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: []prefetch.MemberStatus{
-				{Name: "dev1", Report: &prefetch.Report{State: prefetch.Pulling, Done: 1, Total: 4}}}})
+			return []prefetch.MemberStatus{{Name: "dev1", Report: &prefetch.Report{State: prefetch.Pulling, Done: 1, Total: 4}}}
 		case n <= 1+warnAfterFails:
-			http.Error(w, "restarting", http.StatusBadGateway)
-		default:
-			_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: []prefetch.MemberStatus{
-				{Name: "dev1", Report: &prefetch.Report{State: prefetch.Complete, Done: 4, Total: 4}}}})
+			return nil // restarting
 		}
-	}))
-	defer srv.Close()
+		return []prefetch.MemberStatus{{Name: "dev1", Report: &prefetch.Report{State: prefetch.Complete, Done: 4, Total: 4}}}
+	})
 	code, out, errOut := runCLI(t, nil, "prefetch", "--node", srv.URL, "line/app:v1", "--timeout", "1m", "--poll", "20ms")
 	if code != 0 || !strings.Contains(out, "all 1 device(s) complete") {
 		t.Fatalf("exit %d\n%s%s", code, out, errOut)
@@ -190,27 +193,18 @@ func TestPrefetchSaysWhenTheNodeAnswersAgain(t *testing.T) {
 // not found is reported at once, though it too retries.
 func TestPrefetchWaitsForADeviceThatRetries(t *testing.T) {
 	for _, missing := range []bool{false, true} {
-		var gets atomic.Int32
-		order := prefetch.Order{ID: "o3", Refs: []string{"line/app:v1"}, Created: time.Now(), Deadline: time.Now().Add(time.Hour)}
 		failed := &prefetch.Report{State: prefetch.Failed, Error: "upstream unavailable", Attempts: 1,
 			RetryAt: time.Now().Add(time.Minute), Missing: missing}
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			if r.Method == http.MethodPost {
-				w.WriteHeader(http.StatusCreated)
-				_ = json.NewEncoder(w).Encode(admin.PrefetchCreated{ID: order.ID, Order: order})
-				return
-			}
+		srv, gets := orderNode(t, "o3", func(n int32) []prefetch.MemberStatus {
 			rep := failed
-			if gets.Add(1) > 3 {
+			if n > 3 {
 				rep = &prefetch.Report{State: prefetch.Complete, Done: 4, Total: 4, Attempts: 2}
 			}
-			_ = json.NewEncoder(w).Encode(prefetch.Status{Order: order, Members: []prefetch.MemberStatus{
+			return []prefetch.MemberStatus{
 				{Name: "dev1", Report: &prefetch.Report{State: prefetch.Complete, Done: 4, Total: 4}},
-				{Name: "dev2", Report: rep}}})
-		}))
+				{Name: "dev2", Report: rep}}
+		})
 		code, out, errOut := runCLI(t, nil, "prefetch", "--node", srv.URL, "line/app:v1", "--timeout", "1m", "--poll", "20ms")
-		srv.Close()
 		if missing {
 			if code == 0 || gets.Load() != 1 || !regexp.MustCompile(`(?m)^dev2 +failed .*upstream unavailable`).MatchString(out) {
 				t.Errorf("image missing on dev2: exit %d after %d polls, want non-zero after 1 with dev2's line in the table\n%s%s", code, gets.Load(), out, errOut)
