@@ -65,6 +65,7 @@ type swarmRun struct {
 	upStarted  bool
 	upErr      error // why upstream could not deliver
 	errs       []sourceErr
+	errAt      map[string]int // member → its failure in errs
 	announced  bool
 	lastChoose time.Time
 	start      time.Time // when the download started
@@ -82,7 +83,7 @@ type swarmRun struct {
 // they are served on, the whole blob against its digest before commit.
 func (n *Node) fetchSwarm(ctx context.Context, dl *download, w blobstore.Writer, name Name) error {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &swarmRun{n: n, dl: dl, sw: dl.sw, name: name, srcs: map[string]*peerSrc{}, failed: map[string]time.Time{}, slowFetch: map[string]bool{},
+	r := &swarmRun{n: n, dl: dl, sw: dl.sw, name: name, srcs: map[string]*peerSrc{}, failed: map[string]time.Time{}, slowFetch: map[string]bool{}, errAt: map[string]int{},
 		what: fmt.Sprintf("blob %s@%s", name.Repo, dl.d), ctx: ctx, start: time.Now()}
 	defer r.wg.Wait()
 	defer cancel()

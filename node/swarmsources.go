@@ -296,10 +296,19 @@ func (r *swarmRun) drop(src *peerSrc, err error) {
 	}
 }
 
+// fail notes that member id failed us. A member that comes back after
+// rejoinAfter may fail many times: the client's error, if the download
+// fails, tells its last failure.
 func (r *swarmRun) fail(id, kind string, err error) {
+	e := sourceErr{-1, kind, fmt.Errorf("%s: %w", id, err)}
 	r.mu.Lock()
+	if i, again := r.errAt[id]; again {
+		r.errs[i] = e
+	} else {
+		r.errAt[id] = len(r.errs)
+		r.errs = append(r.errs, e)
+	}
 	r.failed[id] = time.Now()
-	r.errs = append(r.errs, sourceErr{-1, kind, fmt.Errorf("%s: %w", id, err)})
 	r.mu.Unlock()
 	r.n.m.fetches.WithLabelValues(kind, "error").Inc()
 }
