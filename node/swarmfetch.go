@@ -260,6 +260,9 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		if countOn {
 			r.slowFetch[m.ID] = true
 		}
+		if countOn || err == nil {
+			r.lastChoose = time.Now() // the stall check gives it its time from now
+		}
 		r.mu.Unlock()
 		if countOn {
 			// It answered polls but not this request in time: a loaded
