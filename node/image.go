@@ -19,6 +19,18 @@ import (
 // ErrNoPlatform: an index lists no manifest for the platforms asked for.
 var ErrNoPlatform = errors.New("no manifest for the requested platforms")
 
+// ErrImageUnknown: PullImage found no manifest for the reference (neither
+// here, in the fleet nor upstream). The error also wraps the store's
+// ErrNotFound, and reads as it did.
+var ErrImageUnknown = errors.New("image unknown")
+
+// imageUnknown marks a not-found root manifest as ErrImageUnknown without
+// changing its message.
+type imageUnknown struct{ error }
+
+func (e imageUnknown) Is(target error) bool { return target == ErrImageUnknown }
+func (e imageUnknown) Unwrap() error        { return e.error }
+
 // Platform selects the manifests of an index: "os/arch[/variant]".
 type Platform struct {
 	OS, Architecture, Variant string
@@ -99,6 +111,9 @@ func (n *Node) PullImage(ctx context.Context, name Name, ref string, opts PullOp
 	p := &pullProgress{fn: opts.Progress}
 	p.report(func(pr *Progress) { pr.State = PullManifests })
 	root, err := n.Manifest(ctx, name, ref, false)
+	if errors.Is(err, blobstore.ErrNotFound) && !errors.Is(err, ErrUpstream) {
+		return "", imageUnknown{err}
+	}
 	if err != nil {
 		return "", err
 	}

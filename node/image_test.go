@@ -181,12 +181,20 @@ func TestPullImageIndexPlatforms(t *testing.T) {
 	}
 }
 
+// TestPullImageMissing: an image the upstream does not have is unknown
+// (prefetch stops waiting for it); with the upstream failing, the same pull
+// is not: the image may well exist.
 func TestPullImageMissing(t *testing.T) {
 	o := newOrigin(t)
 	n, _ := newNode(t, o)
 	_, err := n.PullImage(context.Background(), node.Name{NS: ns, Repo: "team/none"}, "v1", node.PullOptions{})
-	if !errors.Is(err, blobstore.ErrNotFound) {
-		t.Fatalf("got %v, want ErrNotFound", err)
+	if !errors.Is(err, blobstore.ErrNotFound) || !errors.Is(err, node.ErrImageUnknown) {
+		t.Fatalf("got %v, want ErrNotFound and ErrImageUnknown", err)
+	}
+	o.down.Store(true)
+	_, err = n.PullImage(context.Background(), node.Name{NS: ns, Repo: "team/none"}, "v2", node.PullOptions{})
+	if err == nil || errors.Is(err, node.ErrImageUnknown) {
+		t.Fatalf("upstream down: got %v, want an error that is not ErrImageUnknown", err)
 	}
 }
 

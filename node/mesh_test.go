@@ -495,7 +495,7 @@ func TestSwarmFetcherSlowToAnswerIsCountedOn(t *testing.T) {
 	o.gate, o.gateAfter = make(chan struct{}), 1<<20+5 // each stream pauses after a piece
 	// A stall timeout well past the late answers: this test is about the
 	// answer to the request to fetch, not about a stalled swarm.
-	fleet := newRankedFleet(t, o, 3, func(opts *node.Options) { opts.StallTimeout = 10 * time.Second })
+	fleet := newRankedFleet(t, o, 3, func(opts *node.Options) { opts.StallTimeout, opts.IdleTimeout = 10*time.Second, 15*time.Second })
 	var ids []string
 	for _, m := range fleet {
 		ids = append(ids, m.id)

@@ -1,6 +1,12 @@
 package node
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,6 +101,36 @@ func TestClaimPrefersPiecesNobodyHoldsOrReceives(t *testing.T) {
 	for _, want := range []int{2, 1, 0} {
 		if i := s.claim(all, none, rarity); i != want {
 			t.Fatalf("claimed %d, want %d", i, want)
+		}
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+// TestCountOnOnlyARequestThatLeft: a request to fetch that timed out after
+// it left counts as taken; one whose dial timed out never reached the
+// member, and one refused is a refusal.
+func TestCountOnOnlyARequestThatLeft(t *testing.T) {
+	wrap := func(err error) error {
+		return fmt.Errorf("fetch from 10.0.0.2: %w", &url.Error{Op: "Post", URL: "http://10.0.0.2/fetch", Err: err})
+	}
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"answer late", wrap(context.DeadlineExceeded), true},
+		{"read timeout", wrap(&net.OpError{Op: "read", Net: "tcp", Err: timeoutErr{}}), true},
+		{"dial timeout", wrap(&net.OpError{Op: "dial", Net: "tcp", Err: timeoutErr{}}), false},
+		{"refused", wrap(&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}), false},
+		{"status 500", errors.New("fetch: status 500: peer failed"), false},
+	} {
+		if got := isTimeout(c.err) && !isDial(c.err); got != c.want {
+			t.Errorf("%s: counted on %v, want %v", c.name, got, c.want)
 		}
 	}
 }

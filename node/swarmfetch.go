@@ -256,7 +256,7 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		err := r.n.peers.Fetch(fctx, m.DataURL, r.dl.d, ns, r.name.Repo)
 		cancel()
 		r.mu.Lock()
-		countOn := err != nil && isTimeout(err) && ctx.Err() == nil && !r.slowFetch[m.ID]
+		countOn := err != nil && isTimeout(err) && !isDial(err) && ctx.Err() == nil && !r.slowFetch[m.ID]
 		if countOn {
 			r.slowFetch[m.ID] = true
 		}
@@ -265,9 +265,8 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		}
 		r.mu.Unlock()
 		if countOn {
-			// It answered polls but not this request in time: a loaded
-			// member, which most likely got the request (or another
-			// member's) and fetches. Asking the next one as well made two
+			// It answered polls, and took this request but did not answer
+			// it in time: a loaded member, which fetches. Asking the next one as well made two
 			// fetchers. Its polls tell; if the swarm stalls, the next in
 			// rank is asked.
 			r.n.log.Debug("swarm: member slow to answer the request to fetch; counting on it", "digest", r.dl.d, "member", m.ID, "err", err)
@@ -368,6 +367,13 @@ func (r *swarmRun) gotPiece(i int, kind, from string, size int, took time.Durati
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// isDial reports whether err happened while connecting: the request never
+// left.
+func isDial(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

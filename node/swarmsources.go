@@ -332,6 +332,9 @@ func (r *swarmRun) poll(ctx context.Context, src *peerSrc) {
 		}
 		if src.member && errors.Is(err, errNotHeld) {
 			src.answer() // not yet: it may start the blob later
+			if src.isGone() {
+				return // dropped meanwhile (its workers failed); a new poll may replace it
+			}
 			select {
 			case <-ctx.Done():
 				return

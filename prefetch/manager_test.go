@@ -3,7 +3,6 @@ package prefetch
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -52,9 +51,9 @@ func (p *fakePuller) PullImage(ctx context.Context, name node.Name, ref string, 
 	}
 	switch {
 	case missing:
-		return "", fmt.Errorf("manifest %s:%s: %w", name.Repo, ref, blobstore.ErrNotFound)
+		return "", fmt.Errorf("manifest %s:%s: %w: %w", name.Repo, ref, node.ErrImageUnknown, blobstore.ErrNotFound)
 	case fail:
-		return "", errors.New("upstream hiccup")
+		return "", fmt.Errorf("upstream hiccup: %w", node.ErrUpstream)
 	}
 	if opts.Progress != nil {
 		opts.Progress(node.Progress{State: node.PullComplete, Done: 1000, Total: 1000})
@@ -276,8 +275,8 @@ func TestMissingImageFailsWithTheReason(t *testing.T) {
 		if !strings.Contains(ms.Report.Error, "not found") || !strings.Contains(ms.Report.Error, "nothing:here") {
 			t.Errorf("%s error %q, want the reference and not found", ms.Name, ms.Report.Error)
 		}
-		if !ms.Report.Missing || !ms.Report.Final() {
-			t.Errorf("%s report %+v: want missing, and final though it is retried", ms.Name, ms.Report)
+		if !ms.Report.Lasting || !ms.Report.Final() {
+			t.Errorf("%s report %+v: want lasting, and final though it is retried", ms.Name, ms.Report)
 		}
 	}
 	// Retried until the deadline; then final (no retry time).

@@ -88,10 +88,11 @@ type Report struct {
 	Error    string    `json:"error,omitempty"`
 	Attempts int       `json:"attempts,omitempty"`
 	RetryAt  time.Time `json:"retry_at,omitzero"` // failed: when the next attempt starts
-	// Missing: failed because the image, or a part of it, is not found.
-	// It is still retried (it may be pushed later), but nobody need wait
-	// for that, as they would for a retry after an upstream hiccup.
-	Missing bool      `json:"missing,omitempty"`
+	// Lasting: failed for a reason a retry soon is unlikely to mend (the
+	// image is unknown or unusable). It is still retried (it may be pushed
+	// later), but nobody need wait for that, as they would for a retry
+	// after an upstream or a peer that did not answer.
+	Lasting bool      `json:"lasting,omitempty"`
 	Digests []string  `json:"digests,omitempty"` // complete: what each reference resolved to
 	Updated time.Time `json:"updated"`
 	Version int64     `json:"version"`
@@ -196,10 +197,10 @@ func (o Order) Selects(labels map[string]string) bool {
 }
 
 // Final reports whether a member is done with the order for now: complete,
-// failed with no retry left, or failed because the image is not found.
-// A member that failed otherwise and retries before the deadline is not.
+// failed with no retry left, or failed for a lasting reason. A member that
+// failed on something passing and retries before the deadline is not.
 func (r Report) Final() bool {
-	return r.State == Complete || r.State == Failed && (r.RetryAt.IsZero() || r.Missing)
+	return r.State == Complete || r.State == Failed && (r.RetryAt.IsZero() || r.Lasting)
 }
 
 // versionAfter is a version larger than last and, when the clock allows,

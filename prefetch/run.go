@@ -110,7 +110,7 @@ func (m *Manager) run(ctx context.Context, o Order) {
 	attempt := cur.Attempts + 1
 	m.mu.Unlock()
 	m.changeState(o.ID, func(r *Report) {
-		r.State, r.Attempts, r.Error, r.RetryAt, r.Missing, r.Done, r.Total, r.Digests = Pulling, attempt, "", time.Time{}, false, 0, 0, nil
+		r.State, r.Attempts, r.Error, r.RetryAt, r.Lasting, r.Done, r.Total, r.Digests = Pulling, attempt, "", time.Time{}, false, 0, 0, nil
 	})
 	m.log.Info("prefetch pulling", "order", o.ID, "refs", o.Refs, "attempt", attempt)
 
@@ -223,9 +223,25 @@ func (m *Manager) failed(o Order, attempt int, err error) {
 	if !retry.Before(o.Deadline) {
 		retry = time.Time{} // no time left: final
 	}
-	missing := errors.Is(err, blobstore.ErrNotFound) || errors.Is(err, node.ErrNoPlatform)
-	m.changeState(o.ID, func(r *Report) { r.State, r.Error, r.RetryAt, r.Missing = Failed, msg, retry, missing })
+	lasting := lasting(err)
+	m.changeState(o.ID, func(r *Report) { r.State, r.Error, r.RetryAt, r.Lasting = Failed, msg, retry, lasting })
 	m.log.Warn("prefetch failed", "order", o.ID, "attempt", attempt, "retry_at", retry, "err", err)
+}
+
+// lasting reports whether a failed pull is unlikely to pass on a retry
+// soon: the image is unknown, or it has no manifest for the platforms
+// asked. An upstream or peer that failed or did not answer, a blob the
+// fleet could not deliver (the upstream gone while it swarmed), a full
+// disk may pass; what is not known to pass counts as lasting.
+func lasting(err error) bool {
+	switch {
+	case errors.Is(err, node.ErrImageUnknown), errors.Is(err, node.ErrNoPlatform):
+		return true
+	case errors.Is(err, node.ErrUpstream), errors.Is(err, blobstore.ErrNotFound),
+		errors.Is(err, blobstore.ErrNoSpace), errors.Is(err, context.DeadlineExceeded):
+		return false
+	}
+	return true
 }
 
 func (m *Manager) backoff(attempt int) time.Duration {

@@ -1,11 +1,13 @@
 package prefetch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/imgmesh/imgmesh/blobstore"
 	"github.com/imgmesh/imgmesh/node"
 )
 
@@ -234,8 +236,8 @@ func TestNewOrderValidates(t *testing.T) {
 }
 
 // TestReportFinal: a member is done for now when complete, when it failed
-// with no retry left, or when the image is missing; a member that retries
-// after a hiccup is not.
+// with no retry left, or for a lasting reason; a member that retries after
+// a hiccup is not.
 func TestReportFinal(t *testing.T) {
 	later := time.Now().Add(time.Minute)
 	for _, c := range []struct {
@@ -247,10 +249,33 @@ func TestReportFinal(t *testing.T) {
 		{Report{State: Complete}, true},
 		{Report{State: Failed}, true},
 		{Report{State: Failed, RetryAt: later}, false},
-		{Report{State: Failed, RetryAt: later, Missing: true}, true},
+		{Report{State: Failed, RetryAt: later, Lasting: true}, true},
 	} {
 		if got := c.r.Final(); got != c.want {
 			t.Errorf("%+v: Final() = %v, want %v", c.r, got, c.want)
+		}
+	}
+}
+
+// TestLastingFailures: the command stops waiting for a device whose image
+// is unknown or unusable, and waits for one whose upstream, peers or disk
+// failed it for now.
+func TestLastingFailures(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("manifest app:v9: %w", node.ErrImageUnknown), true},
+		{node.ErrNoPlatform, true},
+		{fmt.Errorf("manifest app@sha256:12: %w", blobstore.ErrInvalidManifest), true},
+		{errors.New("something new"), true},
+		{fmt.Errorf("manifest app:v1: %w: timeout", node.ErrUpstream), false},
+		{fmt.Errorf("blob app@sha256:34: no piece arrived for 30s: %w", blobstore.ErrNotFound), false},
+		{fmt.Errorf("ingest write: %w", blobstore.ErrNoSpace), false},
+		{fmt.Errorf("pull: %w", context.DeadlineExceeded), false},
+	} {
+		if got := lasting(c.err); got != c.want {
+			t.Errorf("lasting(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
 }

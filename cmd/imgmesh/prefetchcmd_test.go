@@ -194,7 +194,7 @@ func TestPrefetchSaysWhenTheNodeAnswersAgain(t *testing.T) {
 func TestPrefetchWaitsForADeviceThatRetries(t *testing.T) {
 	for _, missing := range []bool{false, true} {
 		failed := &prefetch.Report{State: prefetch.Failed, Error: "upstream unavailable", Attempts: 1,
-			RetryAt: time.Now().Add(time.Minute), Missing: missing}
+			RetryAt: time.Now().Add(time.Minute), Lasting: missing}
 		srv, gets := orderNode(t, "o3", func(n int32) []prefetch.MemberStatus {
 			rep := failed
 			if n > 3 {
