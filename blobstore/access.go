@@ -186,7 +186,7 @@ func (f *Files) flushAccess() error {
 	}
 	for i := 0; i < len(ds); i += flushBatch {
 		batch := ds[i:min(i+flushBatch, len(ds))]
-		err := f.db.Update(func(txn *badger.Txn) error {
+		err := f.update(func(txn *badger.Txn) error {
 			for _, d := range batch {
 				m, err := getMeta(txn, d)
 				if err != nil {

@@ -73,6 +73,11 @@ func Open(dir string, logger *slog.Logger) (*Files, error) {
 			return nil, err // callers say which store
 		}
 	}
+	// Opening the index may write into a new memtable file: on a full disk
+	// that is a SIGBUS, not an error (see keepFree).
+	if err := f.room(0); err != nil {
+		return nil, fmt.Errorf("index: %w; free some space (e.g. remove other files on it) and start again", err)
+	}
 	db, err := badger.Open(indexOptions(filepath.Join(dir, "index"), logger))
 	if err != nil {
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") { // badger has no typed error for it
@@ -207,7 +212,7 @@ func (f *Files) deleteLocked(d digest.Digest, mustExist bool) error {
 		f.bytes -= fi.Size()
 		f.count--
 	}
-	if err := f.db.Update(func(txn *badger.Txn) error { return purge(txn, d) }); err != nil {
+	if err := f.db.Update(func(txn *badger.Txn) error { return purge(txn, d) }); err != nil { // removing: also on a full disk
 		return fmt.Errorf("delete blob %s index: %w", d, err)
 	}
 	return nil

@@ -157,6 +157,15 @@ func (f *Files) mutate(d digest.Digest, fn func(*badger.Txn) error) error {
 // files. (Blob metadata can: reconcile restores it, so those writes skip the
 // sync.)
 func (f *Files) durable(fn func(*badger.Txn) error) error {
+	if err := f.update(fn); err != nil {
+		return err
+	}
+	return f.db.Sync()
+}
+
+// durableRemoval is durable for a change that removes: it runs on a full
+// disk too, since removing is how space comes back.
+func (f *Files) durableRemoval(fn func(*badger.Txn) error) error {
 	if err := f.db.Update(fn); err != nil {
 		return err
 	}
@@ -196,7 +205,7 @@ func (f *Files) Unlink(_ context.Context, repo string, d digest.Digest) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var last bool
-	err := f.durable(func(txn *badger.Txn) error {
+	err := f.durableRemoval(func(txn *badger.Txn) error {
 		if _, err := txn.Get(key(kindLink, repo, string(d))); err != nil {
 			return notFound(err, "link %s@%s", repo, d)
 		}
@@ -323,7 +332,7 @@ func (f *Files) UntagIf(_ context.Context, repo, tag string, d digest.Digest) er
 func (f *Files) untag(repo, tag string, want digest.Digest) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.durable(func(txn *badger.Txn) error {
+	return f.durableRemoval(func(txn *badger.Txn) error {
 		d, err := resolve(txn, repo, tag)
 		if err != nil {
 			return err

@@ -50,7 +50,7 @@ func (f *Files) Unpin(_ context.Context, d digest.Digest) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.durable(func(txn *badger.Txn) error {
+	return f.durableRemoval(func(txn *badger.Txn) error {
 		if _, err := txn.Get(key(kindPin, string(d))); err != nil {
 			return notFound(err, "pin %s", d)
 		}

@@ -52,7 +52,7 @@ func (f *Files) reconcile() error {
 		return fmt.Errorf("reconcile index: %w", err)
 	}
 	for _, d := range missing {
-		if err := f.db.Update(func(txn *badger.Txn) error { return purge(txn, d) }); err != nil {
+		if err := f.db.Update(func(txn *badger.Txn) error { return purge(txn, d) }); err != nil { // removing: also on a full disk
 			return fmt.Errorf("reconcile index: %w", err)
 		}
 	}
@@ -106,7 +106,7 @@ func (f *Files) indexOrphans(alg digest.Algorithm) (int, error) {
 			if err != nil {
 				return added, err
 			}
-			err = f.db.Update(func(txn *badger.Txn) error {
+			err = f.update(func(txn *badger.Txn) error {
 				return putMeta(txn, d, Meta{Size: fi.Size(), Created: fi.ModTime(), Accessed: fi.ModTime()})
 			})
 			if err != nil {

@@ -30,6 +30,9 @@ type fileWriter struct {
 	size atomic.Int64 // bytes fully written: readers never see beyond it
 	// flushed: bytes whose writeback was started (under wmu).
 	flushed int64
+	// failed: a write failed (under wmu); every later one fails with it,
+	// as the file and the hash may disagree.
+	failed error
 }
 
 // writebackEvery is how many written bytes start an early writeback.
@@ -50,6 +53,13 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	defer w.mu.RUnlock()
 	if w.file == nil {
 		return 0, ErrClosed
+	}
+	if w.failed != nil {
+		return 0, w.failed
+	}
+	if err := w.f.room(int64(len(p))); err != nil {
+		w.failed = fmt.Errorf("ingest write: %w", err)
+		return 0, w.failed
 	}
 	var n int
 	var err error
@@ -74,7 +84,8 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 		w.flushed = size
 	}
 	if err != nil {
-		return n, fmt.Errorf("ingest write: %w", err)
+		w.failed = fmt.Errorf("ingest write: %w", noSpace(err))
+		return n, w.failed
 	}
 	return n, nil
 }
@@ -233,7 +244,7 @@ func (f *Files) place(tmp string, d digest.Digest, size int64) error {
 // ensureMeta records d's metadata, or, when the index has it already (the
 // same content committed again), counts the commit as a use.
 func (f *Files) ensureMeta(d digest.Digest, size int64) error {
-	err := f.db.Update(func(txn *badger.Txn) error {
+	err := f.update(func(txn *badger.Txn) error {
 		now := f.now()
 		m, err := getMeta(txn, d)
 		switch {

@@ -268,6 +268,9 @@ func (n *Node) fetch(ctx context.Context, dl *download, name Name) (err error) {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s: %w: %v", what, ctx.Err(), err)
 		}
+		if errors.As(err, new(storeError)) {
+			return fmt.Errorf("%s: %w", what, err) // this node's disk, not the source: no other source helps
+		}
 		errs = append(errs, sourceErr{r.i, src.kind, fmt.Errorf("%s: %w", src.from, err)})
 		n.log.Debug("source broke, trying the next", "digest", dl.d, "source", src.kind, "from", src.from, "offset", w.Size(), "err", err)
 		if src.kind == "upstream" && upstreamRetries < maxAttempts-1 {
@@ -298,6 +301,9 @@ func (n *Node) commitDownload(ctx context.Context, dl *download, w blobstore.Wri
 	dl.wmu.Lock()
 	dl.w = nil // followers now wait for markCommitted (after the link)
 	dl.wmu.Unlock()
+	if err != nil && !errors.Is(err, blobstore.ErrDigestMismatch) && !errors.Is(err, blobstore.ErrSizeMismatch) {
+		return fmt.Errorf("%s: %w", what, err) // this node's disk (full, failing): nobody to blame
+	}
 	if err != nil {
 		n.bad.add(dl.d, peersUsed) // the next fetch of this blob skips them
 		return fmt.Errorf("%s: %w: %v", what, ErrUpstream, err)
@@ -322,6 +328,12 @@ func (n *Node) commitDownload(ctx context.Context, dl *download, w blobstore.Wri
 	return nil
 }
 
+// storeError is a failed write into this node's store (a full disk), as
+// opposed to a source that failed.
+type storeError struct{ error }
+
+func (e storeError) Unwrap() error { return e.error }
+
 // copyBody writes body into w, telling followers after every chunk. A body
 // that stalls for IdleTimeout, or runs past size, fails.
 func (n *Node) copyBody(ctx context.Context, dl *download, w blobstore.Writer, body io.Reader, size int64, kind string, abort context.CancelFunc) error {
@@ -337,7 +349,7 @@ func (n *Node) copyBody(ctx context.Context, dl *download, w blobstore.Writer, b
 				return fmt.Errorf("upstream sent more than %d bytes", size)
 			}
 			if _, err := w.Write(buf[:k]); err != nil {
-				return err
+				return storeError{err}
 			}
 			n.m.fetchedBytes.WithLabelValues(kind).Add(float64(k))
 			dl.advance(w.Size())

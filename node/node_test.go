@@ -554,3 +554,63 @@ func TestHeadDuringAFailingDownload(t *testing.T) {
 		t.Fatalf("the download: %v, want ErrUpstream", perr)
 	}
 }
+
+// fullDisk is a store whose disk fills after room more blob bytes.
+type fullDisk struct {
+	blobstore.Store
+	room atomic.Int64
+}
+
+func (f *fullDisk) NewWriter(ctx context.Context) (blobstore.Writer, error) {
+	w, err := f.Store.NewWriter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &fullDiskWriter{Writer: w, f: f}, nil
+}
+
+type fullDiskWriter struct {
+	blobstore.Writer
+	f *fullDisk
+}
+
+func (w *fullDiskWriter) Write(p []byte) (int, error) {
+	if w.f.room.Add(-int64(len(p))) < 0 {
+		return 0, fmt.Errorf("ingest write: %w", blobstore.ErrNoSpace)
+	}
+	return w.Writer.Write(p)
+}
+
+// TestDownloadOntoAFullDisk: a blob that fills the node's disk fails with
+// the reason, at once: the upstream is not asked again (no other source
+// can help), and nothing is stored.
+func TestDownloadOntoAFullDisk(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 3<<20+3)
+	h, _ := layers[0].Digest()
+	d := digest.Digest(h.String())
+	real, err := blobstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := &fullDisk{Store: real}
+	disk.room.Store(1 << 20)
+	up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := node.New(node.Options{Store: disk, Upstream: up, TagTimeout: time.Second, IdleTimeout: 5 * time.Second})
+	t.Cleanup(func() {
+		n.Close()
+		real.Close()
+	})
+	if _, _, err := readBlob(t.Context(), n, "team/app", d); !errors.Is(err, blobstore.ErrNoSpace) {
+		t.Fatalf("pull onto a full disk: %v, want ErrNoSpace", err)
+	}
+	if g := o.gets(h); g != 1 {
+		t.Errorf("upstream asked %d times for a blob that could not be stored, want once", g)
+	}
+	if _, err := real.Stat(t.Context(), d); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Errorf("stat after the failed pull: %v, want not found", err)
+	}
+}

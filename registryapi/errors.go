@@ -118,6 +118,8 @@ func classify(err error, unknown Code) *Error {
 		return apiError(CodeDigestInvalid, "content does not match digest").wrap(err)
 	case errors.Is(err, blobstore.ErrSizeMismatch):
 		return apiError(CodeSizeInvalid, "content does not match size").wrap(err)
+	case errors.Is(err, blobstore.ErrNoSpace):
+		return apiError(CodeUnavailable, "node storage full").withStatus(http.StatusInsufficientStorage).wrap(err)
 	case errors.Is(err, node.ErrUpstream):
 		return apiError(CodeUnavailable, "upstream registry failed").wrap(err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):

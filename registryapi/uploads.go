@@ -193,16 +193,43 @@ func (s *Server) commit(r *http.Request, wr blobstore.Writer, key string, d dige
 	return s.linkBlob(r, key, d)
 }
 
+// storeWriter remembers a failed write into the store, so that receive
+// can tell it from a failed read of the request body.
+type storeWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *storeWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// bodyError is the error of a copy from the request body that failed.
+func bodyError(sw *storeWriter, err error) error {
+	if sw.err != nil {
+		return sw.err
+	}
+	return apiError(CodeBlobUploadInvalid, "reading request body failed").wrap(err)
+}
+
 // receive copies the request body into wr: exactly want bytes when want ≥ 0
 // (a shorter or longer body is SIZE_INVALID), else until EOF.
 func receive(r *http.Request, wr io.Writer, want int64) error {
+	sw := &storeWriter{w: wr}
 	if want < 0 {
-		if _, err := io.Copy(wr, r.Body); err != nil {
-			return apiError(CodeBlobUploadInvalid, "reading request body failed").wrap(err)
+		if _, err := io.Copy(sw, r.Body); err != nil {
+			return bodyError(sw, err)
 		}
 		return nil
 	}
-	n, err := io.CopyN(wr, r.Body, want)
+	n, err := io.CopyN(sw, r.Body, want)
+	if sw.err != nil {
+		return sw.err // the node's side failed (a full disk), not the body
+	}
 	if n < want {
 		if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return apiError(CodeSizeInvalid, fmt.Sprintf("body has %d bytes, %d declared", n, want)).wrap(err)
