@@ -96,6 +96,20 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, c node.Conten
 	var body io.ReadSeeker = c.Body
 	var guard *readGuard
 	if _, isFile := c.Body.(*os.File); !isFile {
+		// A body still arriving may fail before its first byte (the
+		// upstream went away, the disk is full): while nothing is sent,
+		// the client gets the error itself, not an empty reply.
+		if c.Size > 0 {
+			var first [1]byte
+			_, err := io.ReadFull(c.Body, first[:])
+			if err == nil {
+				_, err = c.Body.Seek(0, io.SeekStart)
+			}
+			if err != nil {
+				s.fail(w, r, classify(err, CodeBlobUnknown))
+				return
+			}
+		}
 		guard = &readGuard{rs: c.Body}
 		body = guard
 	}

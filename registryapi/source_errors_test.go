@@ -19,10 +19,11 @@ import (
 
 // fakeSource serves one blob with a chosen source label and body, or fails.
 type fakeSource struct {
-	err    error
-	source string
-	data   []byte
-	failAt int // >0: the body fails after this many bytes
+	err     error
+	source  string
+	data    []byte
+	failAt  int // >0: the body fails after this many bytes; <0: at once, with failErr
+	failErr error
 }
 
 func (f fakeSource) Manifest(context.Context, node.Name, string, bool) (node.Manifest, error) {
@@ -37,7 +38,7 @@ func (f fakeSource) Blob(_ context.Context, _ node.Name, d digest.Digest, head b
 	}
 	c := node.Content{Digest: d, Size: int64(len(f.data)), Source: f.source}
 	if !head {
-		c.Body = &failingBody{ReadSeeker: bytes.NewReader(f.data), failAt: f.failAt}
+		c.Body = &failingBody{ReadSeeker: bytes.NewReader(f.data), failAt: f.failAt, err: f.failErr}
 	}
 	return c, nil
 }
@@ -48,9 +49,13 @@ type failingBody struct {
 	io.ReadSeeker
 	failAt int
 	read   int
+	err    error
 }
 
 func (b *failingBody) Read(p []byte) (int, error) {
+	if b.failAt < 0 {
+		return 0, b.err
+	}
 	if b.failAt > 0 {
 		if b.read >= b.failAt {
 			return 0, errors.New("digest mismatch from upstream")
@@ -106,6 +111,28 @@ func TestReadErrorCutsResponse(t *testing.T) {
 	}
 	// The server keeps serving.
 	want(t, do(t, "GET", ts.URL+"/v2/", nil), http.StatusOK, "")
+}
+
+// TestReadErrorBeforeTheFirstByte: a body that fails before sending
+// anything (a download whose upstream went away, or that filled the disk)
+// answers with the error, not an empty reply.
+func TestReadErrorBeforeTheFirstByte(t *testing.T) {
+	t.Parallel()
+	data := bytes.Repeat([]byte("abcdefgh"), 1<<10)
+	url := "/v2/r/blobs/" + digest.FromBytes(data).String()
+	for _, c := range []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{fmt.Errorf("ingest write: %w", blobstore.ErrNoSpace), http.StatusInsufficientStorage, "UNAVAILABLE"},
+		{fmt.Errorf("blob r: %w: connection refused", node.ErrUpstream), http.StatusServiceUnavailable, "UNAVAILABLE"},
+	} {
+		ts := newTestServer(t, func(o *Options) {
+			o.Source = fakeSource{source: "upstream", data: data, failAt: -1, failErr: c.err}
+		})
+		want(t, do(t, "GET", ts.URL+url, nil), c.status, c.code)
+	}
 }
 
 func TestBlobMetrics(t *testing.T) {
