@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/blobstore/blobstoretest"
 	"github.com/imgmesh/imgmesh/node"
 	"github.com/imgmesh/imgmesh/registryapi"
 	"github.com/imgmesh/imgmesh/upstream"
@@ -555,32 +556,6 @@ func TestHeadDuringAFailingDownload(t *testing.T) {
 	}
 }
 
-// fullDisk is a store whose disk fills after room more blob bytes.
-type fullDisk struct {
-	blobstore.Store
-	room atomic.Int64
-}
-
-func (f *fullDisk) NewWriter(ctx context.Context) (blobstore.Writer, error) {
-	w, err := f.Store.NewWriter(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &fullDiskWriter{Writer: w, f: f}, nil
-}
-
-type fullDiskWriter struct {
-	blobstore.Writer
-	f *fullDisk
-}
-
-func (w *fullDiskWriter) Write(p []byte) (int, error) {
-	if w.f.room.Add(-int64(len(p))) < 0 {
-		return 0, fmt.Errorf("ingest write: %w", blobstore.ErrNoSpace)
-	}
-	return w.Writer.Write(p)
-}
-
 // TestDownloadOntoAFullDisk: a blob that fills the node's disk fails with
 // the reason, at once: the upstream is not asked again (no other source
 // can help), and nothing is stored.
@@ -593,8 +568,8 @@ func TestDownloadOntoAFullDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	disk := &fullDisk{Store: real}
-	disk.room.Store(1 << 20)
+	disk := &blobstoretest.FullDisk{Store: real}
+	disk.Room.Store(1 << 20)
 	up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
 	if err != nil {
 		t.Fatal(err)

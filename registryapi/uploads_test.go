@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/imgmesh/imgmesh/blobstore/blobstoretest"
 )
 
 // countingStore counts writers opened and cancelled.
@@ -291,46 +292,13 @@ func ingestUse(t *testing.T, dir string) (files, fds int) {
 	return len(entries), fds
 }
 
-// fullStore is a store whose disk fills after room more blob bytes.
-type fullStore struct {
-	*blobstore.Memory
-	room atomic.Int64
-}
-
-func (f *fullStore) NewWriter(ctx context.Context) (blobstore.Writer, error) {
-	w, err := f.Memory.NewWriter(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &fullWriter{Writer: w, f: f}, nil
-}
-
-func (f *fullStore) PutManifest(ctx context.Context, repo string, m blobstore.Manifest) error {
-	if f.room.Load() <= 0 {
-		return fmt.Errorf("index: %w", blobstore.ErrNoSpace)
-	}
-	return f.Memory.PutManifest(ctx, repo, m)
-}
-
-type fullWriter struct {
-	blobstore.Writer
-	f *fullStore
-}
-
-func (w *fullWriter) Write(p []byte) (int, error) {
-	if w.f.room.Add(-int64(len(p))) < 0 {
-		return 0, fmt.Errorf("ingest write: %w", blobstore.ErrNoSpace)
-	}
-	return w.Writer.Write(p)
-}
-
 // TestPushToAFullStore: a push that fills the node's disk is told so, with
 // a 507 and the reason, not blamed on its body; a manifest too. Nothing
 // becomes visible, and a smaller blob still goes in.
 func TestPushToAFullStore(t *testing.T) {
 	t.Parallel()
-	fs := &fullStore{Memory: blobstore.NewMemory()}
-	fs.room.Store(1 << 10)
+	fs := &blobstoretest.FullDisk{Store: blobstore.NewMemory()}
+	fs.Room.Store(1 << 10)
 	ts := newTestServer(t, func(o *Options) { o.Store, o.Source = fs, storeSource{fs} })
 	big := bytes.Repeat([]byte("x"), 4<<10)
 	d := digest.FromBytes(big)
@@ -344,10 +312,10 @@ func TestPushToAFullStore(t *testing.T) {
 	want(t, do(t, "PATCH", u, big), http.StatusInsufficientStorage, "UNAVAILABLE")
 	want(t, do(t, "HEAD", ts.URL+"/v2/r/blobs/"+d.String(), nil), http.StatusNotFound, "")
 
-	fs.room.Store(0)
+	fs.Room.Store(0)
 	m := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + digest.FromString("{}").String() + `","size":2},"layers":[]}`)
 	want(t, do(t, "PUT", ts.URL+"/v2/r/manifests/v1", m, "Content-Type", "application/vnd.oci.image.manifest.v1+json"), http.StatusInsufficientStorage, "UNAVAILABLE")
 
-	fs.room.Store(1 << 20) // space freed
+	fs.Room.Store(1 << 20) // space freed
 	want(t, rawRequest(t, ts, "POST", "/v2/r/blobs/uploads/?digest="+d.String(), len(big), big), http.StatusCreated, "")
 }

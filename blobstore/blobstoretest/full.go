@@ -1,0 +1,57 @@
+// Package blobstoretest holds store fakes for the tests of the store's
+// users.
+package blobstoretest
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/imgmesh/imgmesh/blobstore"
+	"github.com/opencontainers/go-digest"
+)
+
+// FullDisk is a store whose disk fills after Room more blob bytes: past it,
+// blob writes fail with blobstore.ErrNoSpace, and so do manifest and tag
+// writes, as the file store's do near a full disk.
+type FullDisk struct {
+	blobstore.Store
+	Room atomic.Int64
+}
+
+// NewWriter starts an ingest whose writes take from Room.
+func (f *FullDisk) NewWriter(ctx context.Context) (blobstore.Writer, error) {
+	w, err := f.Store.NewWriter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &fullWriter{Writer: w, f: f}, nil
+}
+
+// PutManifest fails once Room is spent.
+func (f *FullDisk) PutManifest(ctx context.Context, repo string, m blobstore.Manifest) error {
+	if f.Room.Load() <= 0 {
+		return fmt.Errorf("index: %w", blobstore.ErrNoSpace)
+	}
+	return f.Store.PutManifest(ctx, repo, m)
+}
+
+// Tag fails once Room is spent.
+func (f *FullDisk) Tag(ctx context.Context, repo, tag string, d digest.Digest) error {
+	if f.Room.Load() <= 0 {
+		return fmt.Errorf("index: %w", blobstore.ErrNoSpace)
+	}
+	return f.Store.Tag(ctx, repo, tag, d)
+}
+
+type fullWriter struct {
+	blobstore.Writer
+	f *FullDisk
+}
+
+func (w *fullWriter) Write(p []byte) (int, error) {
+	if w.f.Room.Add(-int64(len(p))) < 0 {
+		return 0, fmt.Errorf("ingest write: %w", blobstore.ErrNoSpace)
+	}
+	return w.Writer.Write(p)
+}
