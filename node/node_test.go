@@ -19,7 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/imgmesh/imgmesh/blobstore"
-	"github.com/imgmesh/imgmesh/blobstore/blobstoretest"
+	"github.com/imgmesh/imgmesh/blobstore/storetest"
 	"github.com/imgmesh/imgmesh/node"
 	"github.com/imgmesh/imgmesh/registryapi"
 	"github.com/imgmesh/imgmesh/upstream"
@@ -568,7 +568,7 @@ func TestDownloadOntoAFullDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	disk := &blobstoretest.FullDisk{Store: real}
+	disk := &storetest.FullDisk{Store: real}
 	disk.Room.Store(1 << 20)
 	up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
 	if err != nil {

@@ -19,7 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/imgmesh/imgmesh/blobstore"
-	"github.com/imgmesh/imgmesh/blobstore/blobstoretest"
+	"github.com/imgmesh/imgmesh/blobstore/storetest"
 )
 
 // countingStore counts writers opened and cancelled.
@@ -297,7 +297,7 @@ func ingestUse(t *testing.T, dir string) (files, fds int) {
 // becomes visible, and a smaller blob still goes in.
 func TestPushToAFullStore(t *testing.T) {
 	t.Parallel()
-	fs := &blobstoretest.FullDisk{Store: blobstore.NewMemory()}
+	fs := &storetest.FullDisk{Store: blobstore.NewMemory()}
 	fs.Room.Store(1 << 10)
 	ts := newTestServer(t, func(o *Options) { o.Store, o.Source = fs, storeSource{fs} })
 	big := bytes.Repeat([]byte("x"), 4<<10)

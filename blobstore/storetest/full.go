@@ -1,6 +1,4 @@
-// Package blobstoretest holds store fakes for the tests of the store's
-// users.
-package blobstoretest
+package storetest
 
 import (
 	"context"
