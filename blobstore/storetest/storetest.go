@@ -1,5 +1,7 @@
 // Package storetest is the conformance suite of blobstore.Store: every
-// implementation (the file store, the in-memory fake) must pass it.
+// implementation (the file store, the in-memory fake) must pass it. It also
+// holds FullDisk, a store that runs out of space, for the tests of the
+// store's users.
 package storetest
 
 import (
