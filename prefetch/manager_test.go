@@ -87,7 +87,7 @@ func (p *fakePinner) Pin(_ context.Context, d digest.Digest) error {
 type memFleet struct {
 	mu       sync.Mutex
 	members  map[string]*fakeMember
-	lossyFor string // its broadcast final reports reach nobody (gossip that missed)
+	lossyFor string // its broadcast complete and failed reports reach nobody (gossip that missed)
 }
 
 type fakeMember struct {
@@ -116,7 +116,7 @@ func (f *memFleet) broadcast(from string) func(string, []byte) error {
 		f.mu.Lock()
 		if from == f.lossyFor {
 			var msg message
-			if json.Unmarshal(b, &msg) == nil && msg.Report != nil && msg.Report.Final() {
+			if json.Unmarshal(b, &msg) == nil && msg.Report != nil && (msg.Report.State == Complete || msg.Report.State == Failed) {
 				f.mu.Unlock()
 				return nil
 			}
@@ -402,6 +402,26 @@ func TestFinalReportReachesTheOriginWhenGossipMissesIt(t *testing.T) {
 	}
 	if i := slices.IndexFunc(st.Members, func(m MemberStatus) bool { return m.Name == "b" }); i >= 0 && st.Members[i].Report != nil && st.Members[i].Report.State == Complete {
 		t.Errorf("c heard b's final report, which gossip lost: the fake fleet is not lossy")
+	}
+}
+
+// TestRetriedFailureReachesTheOrigin: b fails and will retry, and gossip
+// loses its reports: the member that accepted the order still learns that
+// b failed and when it retries.
+func TestRetriedFailureReachesTheOrigin(t *testing.T) {
+	f := newMemFleet()
+	f.lossyFor = "b"
+	a := f.join(t, "a", nil, "", &fakePuller{})
+	f.join(t, "b", nil, "", &fakePuller{failures: 1 << 20})
+	o, err := a.m.Create(context.Background(), Request{Refs: []string{"app:v1"}, Timeout: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitStates(t, a.m, o.ID, map[string]State{"a": Complete, "b": Failed})
+	for _, ms := range st.Members {
+		if ms.Name == "b" && (ms.Report.RetryAt.IsZero() || ms.Report.Final()) {
+			t.Errorf("a's view of b: %+v, want failed with a retry due", ms.Report)
+		}
 	}
 }
 

@@ -185,16 +185,17 @@ func (m *Manager) changeState(id string, update func(*Report)) {
 	}
 }
 
-// tellOrigin sends a final report straight to the member that accepted the
-// order as well: gossip reaches every member in a few rounds, but a member
-// it misses hears only at the next push/pull (up to PushPullInterval), and
-// the command watching the order would wait that long. Called from the
-// executor, which holds m.wg, so Close waits for the send.
+// tellOrigin sends a final report, or a failure that will be retried,
+// straight to the member that accepted the order as well: gossip reaches
+// every member in a few rounds, but a member it misses hears only at the
+// next push/pull (up to PushPullInterval), and the command watching the
+// order would wait that long (or not show that the device retries). Called
+// from the executor, which holds m.wg, so Close waits for the send.
 func (m *Manager) tellOrigin(r Report) {
 	m.mu.Lock()
 	rt, o := m.rt, m.t.orders[r.Order]
 	m.mu.Unlock()
-	if !r.Final() || rt == nil || rt.SendTo == nil || o.Origin == "" || o.Origin == rt.Self {
+	if (r.State != Complete && r.State != Failed) || rt == nil || rt.SendTo == nil || o.Origin == "" || o.Origin == rt.Self {
 		return
 	}
 	b, err := json.Marshal(message{Report: &r})
