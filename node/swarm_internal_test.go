@@ -134,3 +134,14 @@ func TestCountOnOnlyARequestThatLeft(t *testing.T) {
 		}
 	}
 }
+
+// TestQuietOnlyAfterItsTime: a source asked a moment ago (one that rejoined
+// after a failure) is not called quiet for not having answered yet.
+func TestQuietOnlyAfterItsTime(t *testing.T) {
+	if (&peerSrc{added: time.Now()}).hadTime() {
+		t.Error("a source added now had its time")
+	}
+	if !(&peerSrc{added: time.Now().Add(-fetcherWait)}).hadTime() {
+		t.Errorf("a source added %s ago had not its time", fetcherWait)
+	}
+}

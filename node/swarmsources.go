@@ -23,6 +23,7 @@ type peerSrc struct {
 	// held" means not yet, and it is asked again.
 	member   bool
 	answered chan struct{} // closed at its first answer
+	added    time.Time     // when this download started polling it
 	kick     chan struct{} // wakes a poll waiting after "not held"
 	once     sync.Once
 
@@ -41,6 +42,11 @@ type peerSrc struct {
 }
 
 func (p *peerSrc) answer() { p.once.Do(func() { close(p.answered) }) }
+
+// hadTime reports whether the source has been asked long enough that no
+// answer means it is quiet: one asked again a moment ago (it rejoined
+// after a failure) may still be answering its first poll.
+func (p *peerSrc) hadTime() bool { return time.Since(p.added) >= fetcherWait }
 
 func (p *peerSrc) holds(i int) bool {
 	p.mu.Lock()
@@ -64,7 +70,7 @@ func (r *swarmRun) addSource(ctx context.Context, id, url string, member bool) b
 	if when, ok := r.failed[id]; ok && time.Since(when) < rejoinAfter {
 		return false
 	}
-	src := &peerSrc{id: id, url: url, member: member, answered: make(chan struct{}), kick: make(chan struct{}, 1), pending: map[int]bool{}}
+	src := &peerSrc{id: id, url: url, member: member, answered: make(chan struct{}), kick: make(chan struct{}, 1), pending: map[int]bool{}, added: time.Now()}
 	r.srcs[id] = src
 	r.wg.Add(1)
 	go r.poll(ctx, src)
@@ -126,7 +132,7 @@ func (r *swarmRun) awaitAnswers(ctx context.Context, srcs []*peerSrc, deadline t
 			if ctx.Err() != nil {
 				return
 			}
-			if markQuiet {
+			if markQuiet && src.hadTime() {
 				r.n.quiet.mark(src.id)
 			}
 		}
@@ -146,7 +152,7 @@ func (r *swarmRun) responsive(ctx context.Context, id string, deadline time.Time
 		return true
 	}
 	if !answeredBy(ctx, src, deadline) {
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && src.hadTime() {
 			r.n.quiet.mark(id)
 		}
 		return false
