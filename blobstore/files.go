@@ -33,6 +33,7 @@ type Files struct {
 	log    *slog.Logger
 	now    func() time.Time
 	page   int // index records Walk reads per transaction
+	space  space
 
 	// mu serialises every change of the index and of the blobs tree, so that
 	// e.g. a Link cannot race the Unlink that deletes the blob.
@@ -67,6 +68,7 @@ func Open(dir string, logger *slog.Logger) (*Files, error) {
 		log:    logger,
 		now:    time.Now,
 		page:   256,
+		space:  space{dir: dir},
 	}
 	for _, d := range []string{f.ingest, filepath.Join(dir, "blobs"), filepath.Join(dir, "index")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -75,7 +77,7 @@ func Open(dir string, logger *slog.Logger) (*Files, error) {
 	}
 	// Opening the index may write into a new memtable file: on a full disk
 	// that is a SIGBUS, not an error (see keepFree).
-	if err := f.room(0); err != nil {
+	if err := f.space.room(0, openFloor); err != nil {
 		return nil, fmt.Errorf("index: %w; free some space (e.g. remove other files on it) and start again", err)
 	}
 	db, err := badger.Open(indexOptions(filepath.Join(dir, "index"), logger))

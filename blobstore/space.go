@@ -3,7 +3,9 @@ package blobstore
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dustin/go-humanize"
@@ -12,23 +14,52 @@ import (
 // ErrNoSpace: the file system of the store is (nearly) full.
 var ErrNoSpace = errors.New("storage full")
 
-// keepFree is the space the store leaves free for its index. badger keeps
-// its memtable in a memory-mapped sparse file (8 MB memtables, two of them,
-// each file twice that): writing into a page the file system cannot back
-// kills the process with SIGBUS, where a write(2) would have failed with
-// ENOSPC. So blob bytes and index writes stop this far from full.
-const keepFree = 48 << 20
+// badger keeps its memtable in a memory-mapped sparse file (8 MB
+// memtables, two of them, each file twice that): writing into a page the
+// file system cannot back kills the process with SIGBUS, where a write(2)
+// would have failed with ENOSPC. So the store stops short of full, in
+// three steps: blob bytes first, then index writes (a blob that got its
+// bytes in still gets its record), and opening the index last (a node
+// that stopped at the index floor still starts). Removals never stop.
+const (
+	blobFloor  = 64 << 20
+	indexFloor = 40 << 20
+	openFloor  = 24 << 20
+)
+
+// recheckEvery bounds how long a free-space reading is trusted.
+const recheckEvery = time.Second
+
+// space answers "is there room?" without a statfs per write: after a
+// reading it lets half of what is above the blob floor go before it looks
+// again (or a second passes: other processes fill disks too).
+type space struct {
+	dir  string
+	mu   sync.Mutex
+	left int64 // bytes writable before the next reading
+	at   time.Time
+}
 
 // room returns ErrNoSpace if writing n more bytes would leave less than
-// keepFree on the store's file system.
-func (f *Files) room(n int64) error {
-	free, err := freeBytes(f.dir)
+// floor on the store's file system.
+func (s *space) room(n, floor int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if floor == blobFloor && n <= s.left && time.Since(s.at) < recheckEvery {
+		s.left -= n
+		return nil
+	}
+	free, err := freeBytes(s.dir)
 	if err != nil {
 		return nil // not knowing is no reason to refuse; the write tells
 	}
-	if free-n < keepFree {
-		return fmt.Errorf("%s has %s free; the node keeps %s for its index: %w",
-			f.dir, humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(keepFree), ErrNoSpace)
+	s.left, s.at = max(free-blobFloor, 0)/2, time.Now()
+	if free-n < floor {
+		return fmt.Errorf("%s has %s free; the node stops writing %s short of full: %w",
+			s.dir, humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(floor)), ErrNoSpace)
+	}
+	if floor == blobFloor {
+		s.left = max(s.left-n, 0)
 	}
 	return nil
 }
@@ -46,13 +77,14 @@ var freeBytes = func(dir string) (int64, error) {
 // update runs fn in an index transaction, unless the disk is too full for
 // the index to write safely.
 func (f *Files) update(fn func(txn *badger.Txn) error) error {
-	if err := f.room(0); err != nil {
+	if err := f.space.room(0, indexFloor); err != nil {
 		return err
 	}
 	return f.db.Update(fn)
 }
 
-// noSpace marks a failed file write that ran out of space as ErrNoSpace.
+// noSpace marks a failed file operation that ran out of space as
+// ErrNoSpace.
 func noSpace(err error) error {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		return fmt.Errorf("%w: %w", ErrNoSpace, err)

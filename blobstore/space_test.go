@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -19,10 +20,12 @@ func fillDisk(t *testing.T, free *atomic.Int64) {
 	t.Cleanup(func() { freeBytes = real })
 }
 
-// TestFullDisk: near full, the store stops taking blob bytes and index
+// TestFullDisk: near full, the store stops taking blob bytes, then index
 // writes (badger would die of SIGBUS writing its memory-mapped memtable),
 // says so with ErrNoSpace, makes nothing visible, and still removes, so
-// space can come back. Opening a store on a full disk is a clear error.
+// space can come back. A blob whose bytes got in still gets its record.
+// Opening a store on a full disk is a clear error; one that stopped at the
+// index floor still opens.
 func TestFullDisk(t *testing.T) {
 	ctx := context.Background()
 	var free atomic.Int64
@@ -51,17 +54,42 @@ func TestFullDisk(t *testing.T) {
 	if err := f.Tag(ctx, "app", "v1", d); err != nil {
 		t.Fatal(err)
 	}
+	fill := func(n int64) { // the disk changes: the store's next write looks
+		free.Store(n)
+		f.space.mu.Lock()
+		f.space.at = time.Time{}
+		f.space.mu.Unlock()
+	}
 
-	free.Store(keepFree + 100<<10) // 100 KiB left above the floor
+	// A blob's bytes go in above the blob floor; its commit takes the disk
+	// below it, and still records the blob.
+	last := bytes.Repeat([]byte("l"), 64<<10)
+	w, err = f.NewWriter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill(blobFloor + 128<<10)
+	if _, err := w.Write(last); err != nil {
+		t.Fatal(err)
+	}
+	fill(blobFloor - 1)
+	if _, err := w.Commit(ctx, int64(len(last)), digest.FromBytes(last)); err != nil {
+		t.Fatalf("commit of a blob whose bytes got in: %v", err)
+	}
+	if _, err := f.Stat(ctx, digest.FromBytes(last)); err != nil {
+		t.Fatalf("stat of the committed blob: %v", err)
+	}
+
+	fill(blobFloor + 100<<10) // 100 KiB left above the floor
 	more := bytes.Repeat([]byte("m"), 256<<10)
 	w, err = f.NewWriter(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(more); !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "keeps") {
-		t.Fatalf("write past the floor: %v, want ErrNoSpace saying what the node keeps", err)
+	if _, err := w.Write(more); !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "short of full") {
+		t.Fatalf("write past the floor: %v, want ErrNoSpace saying where the node stops", err)
 	}
-	free.Store(1 << 40) // even with room again, the writer stays failed
+	fill(1 << 40) // even with room again, the writer stays failed
 	if _, err := w.Write(more[:10]); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("write after a failed write: %v, want the same failure", err)
 	}
@@ -72,7 +100,7 @@ func TestFullDisk(t *testing.T) {
 		t.Fatalf("stat of the failed blob: %v, want not found", err)
 	}
 
-	free.Store(keepFree - 1)
+	fill(indexFloor - 1)
 	if err := f.Tag(ctx, "app", "v2", d); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("tag on a full disk: %v, want ErrNoSpace", err)
 	}
@@ -91,13 +119,32 @@ func TestFullDisk(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+	f, err = Open(dir, nil) // stopped at the index floor: starts
+	if err != nil {
+		t.Fatalf("open at the index floor: %v", err)
+	}
+	f.Close()
+	free.Store(openFloor - 1)
 	if _, err := Open(dir, nil); !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "free some space") {
 		t.Fatalf("open on a full disk: %v, want ErrNoSpace telling what to do", err)
 	}
-	free.Store(1 << 40)
-	f, err = Open(dir, nil)
-	if err != nil {
-		t.Fatal(err)
+}
+
+// TestFreeSpaceIsNotAskedPerWrite: small writes (an upload's 32 KiB
+// copies) do not each cost a statfs: one reading lets half the room above
+// the floor go.
+func TestFreeSpaceIsNotAskedPerWrite(t *testing.T) {
+	var calls atomic.Int64
+	real := freeBytes
+	freeBytes = func(string) (int64, error) { calls.Add(1); return 1 << 40, nil }
+	t.Cleanup(func() { freeBytes = real })
+	s := space{dir: t.TempDir()}
+	for range 1000 {
+		if err := s.room(32<<10, blobFloor); err != nil {
+			t.Fatal(err)
+		}
 	}
-	f.Close()
+	if n := calls.Load(); n > 2 {
+		t.Errorf("1000 writes of 32 KiB asked for the free space %d times, want once or twice", n)
+	}
 }

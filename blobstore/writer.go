@@ -57,7 +57,7 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 	if w.failed != nil {
 		return 0, w.failed
 	}
-	if err := w.f.room(int64(len(p))); err != nil {
+	if err := w.f.space.room(int64(len(p)), blobFloor); err != nil {
 		w.failed = fmt.Errorf("ingest write: %w", err)
 		return 0, w.failed
 	}
@@ -151,7 +151,7 @@ func (w *fileWriter) Commit(ctx context.Context, size int64, expected digest.Dig
 	}
 	if err != nil {
 		w.discardLocked()
-		return Info{}, fmt.Errorf("commit %s: %w", expected, err)
+		return Info{}, fmt.Errorf("commit %s: %w", expected, noSpace(err))
 	}
 	return Info{Digest: expected, Size: n}, nil
 }

@@ -103,7 +103,10 @@ func (n *Node) resolveTag(ctx context.Context, name Name, tag string) (digest.Di
 				return "", err
 			}
 			if cur, err := n.store.Resolve(ctx, key, tag); err != nil || cur != m.Digest {
-				if err := n.store.Tag(ctx, key, tag, m.Digest); err != nil {
+				if err := n.store.Tag(ctx, key, tag, m.Digest); errors.Is(err, blobstore.ErrNoSpace) {
+					// The upstream's answer stands; the local index catches up later.
+					n.log.Warn("tag not recorded", "repo", key, "tag", tag, "err", err)
+				} else if err != nil {
 					return "", fmt.Errorf("tag %s:%s: %w", key, tag, err)
 				}
 			}

@@ -228,7 +228,11 @@ func (n *Node) localBlob(ctx context.Context, name Name, d digest.Digest) (blobs
 			}
 			return nil, false, err
 		}
-		if err := n.store.Link(ctx, key, d); err != nil {
+		if err := n.store.Link(ctx, key, d); errors.Is(err, blobstore.ErrNoSpace) {
+			// The bytes are here: a full disk keeps the link from being
+			// recorded, not the blob from being served.
+			n.log.Warn("serving a stored blob without linking it into its repository", "blob", d, "repo", key, "err", err)
+		} else if err != nil {
 			return nil, false, notFoundIsMiss(err)
 		}
 	}

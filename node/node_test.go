@@ -589,3 +589,38 @@ func TestDownloadOntoAFullDisk(t *testing.T) {
 		t.Errorf("stat after the failed pull: %v, want not found", err)
 	}
 }
+
+// TestFullDiskStillServesWhatItHolds: with the disk full, a blob the node
+// holds is served to a repository it was not linked into yet (the link is
+// record keeping the disk cannot take, not a reason to fail the pull).
+func TestFullDiskStillServesWhatItHolds(t *testing.T) {
+	o := newOrigin(t)
+	_, layers := pushImage(t, o, "team/app", "v1", 100<<10)
+	h, _ := layers[0].Digest()
+	d := digest.Digest(h.String())
+	real, err := blobstore.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := &storetest.FullDisk{Store: real}
+	disk.Room.Store(1 << 30)
+	up, err := upstream.New(upstream.Options{Registries: []upstream.Registry{{Name: ns, URL: o.srv.URL}}, Restrict: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := node.New(node.Options{Store: disk, Upstream: up, TagTimeout: time.Second, IdleTimeout: 5 * time.Second})
+	t.Cleanup(func() {
+		n.Close()
+		real.Close()
+	})
+	want := layerBytes(t, layers[0])
+	if got, _, err := readBlob(t.Context(), n, "team/app", d); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("first pull: %v", err)
+	}
+	waitStored(t, real, d)
+	disk.Room.Store(0)
+	got, c, err := readBlob(t.Context(), n, "team/other", d)
+	if err != nil || !bytes.Equal(got, want) || c.Source != "local" {
+		t.Fatalf("pull of a held blob with the disk full: source %q, %v, correct bytes %v", c.Source, err, bytes.Equal(got, want))
+	}
+}

@@ -99,7 +99,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, c node.Conten
 		// A body still arriving may fail before its first byte (the
 		// upstream went away, the disk is full): while nothing is sent,
 		// the client gets the error itself, not an empty reply.
-		if c.Size > 0 {
+		if c.Arriving && c.Size > 0 {
 			var first [1]byte
 			_, err := io.ReadFull(c.Body, first[:])
 			if err == nil {

@@ -19,11 +19,12 @@ import (
 
 // fakeSource serves one blob with a chosen source label and body, or fails.
 type fakeSource struct {
-	err     error
-	source  string
-	data    []byte
-	failAt  int // >0: the body fails after this many bytes; <0: at once, with failErr
-	failErr error
+	err      error
+	source   string
+	data     []byte
+	failAt   int // >0: the body fails after this many bytes; <0: at once, with failErr
+	failErr  error
+	arriving bool // a download in flight, not a stored blob
 }
 
 func (f fakeSource) Manifest(context.Context, node.Name, string, bool) (node.Manifest, error) {
@@ -36,7 +37,7 @@ func (f fakeSource) Blob(_ context.Context, _ node.Name, d digest.Digest, head b
 	if f.err != nil {
 		return node.Content{}, f.err
 	}
-	c := node.Content{Digest: d, Size: int64(len(f.data)), Source: f.source}
+	c := node.Content{Digest: d, Size: int64(len(f.data)), Source: f.source, Arriving: f.arriving}
 	if !head {
 		c.Body = &failingBody{ReadSeeker: bytes.NewReader(f.data), failAt: f.failAt, err: f.failErr}
 	}
@@ -129,7 +130,7 @@ func TestReadErrorBeforeTheFirstByte(t *testing.T) {
 		{fmt.Errorf("blob r: %w: connection refused", node.ErrUpstream), http.StatusServiceUnavailable, "UNAVAILABLE"},
 	} {
 		ts := newTestServer(t, func(o *Options) {
-			o.Source = fakeSource{source: "upstream", data: data, failAt: -1, failErr: c.err}
+			o.Source = fakeSource{source: "upstream", data: data, failAt: -1, failErr: c.err, arriving: true}
 		})
 		want(t, do(t, "GET", ts.URL+url, nil), c.status, c.code)
 	}

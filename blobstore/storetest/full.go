@@ -10,8 +10,8 @@ import (
 )
 
 // FullDisk is a store whose disk fills after Room more blob bytes: past it,
-// blob writes fail with blobstore.ErrNoSpace, and so do manifest and tag
-// writes, as the file store's do near a full disk.
+// blob writes fail with blobstore.ErrNoSpace, and so do manifest, link and
+// tag writes, as the file store's do near a full disk.
 type FullDisk struct {
 	blobstore.Store
 	Room atomic.Int64
@@ -32,6 +32,14 @@ func (f *FullDisk) PutManifest(ctx context.Context, repo string, m blobstore.Man
 		return fmt.Errorf("index: %w", blobstore.ErrNoSpace)
 	}
 	return f.Store.PutManifest(ctx, repo, m)
+}
+
+// Link fails once Room is spent.
+func (f *FullDisk) Link(ctx context.Context, repo string, d digest.Digest) error {
+	if f.Room.Load() <= 0 {
+		return fmt.Errorf("index: %w", blobstore.ErrNoSpace)
+	}
+	return f.Store.Link(ctx, repo, d)
 }
 
 // Tag fails once Room is spent.
