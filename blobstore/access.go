@@ -2,6 +2,7 @@ package blobstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -35,13 +36,21 @@ func (a *accessLog) start(f *Files) {
 		defer close(a.done)
 		t := time.NewTicker(flushEvery)
 		defer t.Stop()
+		full := false // said so already: once, not every flush
 		for {
 			select {
 			case <-a.stop:
 				return
 			case <-t.C:
-				if err := f.flushAccess(); err != nil {
-					f.log.Warn("record blob accesses", "err", err)
+				err := f.flushAccess()
+				switch {
+				case errors.Is(err, ErrNoSpace) && full:
+				case err != nil:
+					f.log.Warn("record blob accesses; kept for the next try", "err", err)
+					full = errors.Is(err, ErrNoSpace)
+				case full:
+					f.log.Info("blob accesses recorded again")
+					full = false
 				}
 			}
 		}
@@ -202,7 +211,12 @@ func (f *Files) flushAccess() error {
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("flush %d accesses: %w", len(batch), err)
+			// Kept for the next flush (a full disk may get space back):
+			// losing them would make eviction take images in use.
+			for _, d := range ds[i:] {
+				f.access.record(d, pending[d])
+			}
+			return fmt.Errorf("flush %d accesses: %w", len(ds)-i, err)
 		}
 	}
 	return nil

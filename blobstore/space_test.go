@@ -148,3 +148,50 @@ func TestFreeSpaceIsNotAskedPerWrite(t *testing.T) {
 		t.Errorf("1000 writes of 32 KiB asked for the free space %d times, want once or twice", n)
 	}
 }
+
+// TestAccessesKeptWhileTheDiskIsFull: touches that a full disk keeps out of
+// the index stay pending and are written once there is space again
+// (eviction would otherwise take images in use).
+func TestAccessesKeptWhileTheDiskIsFull(t *testing.T) {
+	ctx := context.Background()
+	var free atomic.Int64
+	free.Store(1 << 40)
+	fillDisk(t, &free)
+	f, err := Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := []byte("touched")
+	d := digest.FromBytes(data)
+	w, err := f.NewWriter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(ctx, int64(len(data)), d); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Hour).Truncate(time.Second)
+	f.access.record(d, later)
+
+	free.Store(indexFloor - 1)
+	f.space.mu.Lock()
+	f.space.at = time.Time{}
+	f.space.mu.Unlock()
+	if err := f.flushAccess(); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("flush on a full disk: %v, want ErrNoSpace", err)
+	}
+	if at, ok := f.access.pendingFor(d); !ok || !at.Equal(later) {
+		t.Fatalf("after a failed flush the touch is pending %v at %s, want kept at %s", ok, at, later)
+	}
+	free.Store(1 << 40)
+	if err := f.flushAccess(); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := f.Meta(ctx, d); err != nil || !m.Accessed.Equal(later) {
+		t.Fatalf("recorded access %v (%v), want %s", m.Accessed, err, later)
+	}
+}
