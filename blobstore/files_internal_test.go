@@ -23,17 +23,7 @@ func TestAccessRecorded(t *testing.T) {
 	f.now = func() time.Time { return clock }
 	ctx := context.Background()
 	b := []byte("some layer")
-	d := digest.FromBytes(b)
-	w, err := f.NewWriter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Commit(ctx, int64(len(b)), d); err != nil {
-		t.Fatal(err)
-	}
+	d := commitBlob(t, f, b)
 	indexed := func() time.Time {
 		var m Meta
 		if err := f.db.View(func(txn *badger.Txn) (err error) { m, err = getMeta(txn, d); return err }); err != nil {

@@ -12,6 +12,24 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
+// commitBlob stores data in f and returns its digest.
+func commitBlob(t *testing.T, f *Files, data []byte) digest.Digest {
+	t.Helper()
+	ctx := context.Background()
+	d := digest.FromBytes(data)
+	w, err := f.NewWriter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(ctx, int64(len(data)), d); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 // fillDisk makes the store's file system report free bytes, until the test
 // ends.
 func fillDisk(t *testing.T, free *atomic.Int64) {
@@ -36,18 +54,7 @@ func TestFullDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := bytes.Repeat([]byte("b"), 64<<10)
-	d := digest.FromBytes(data)
-	w, err := f.NewWriter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Commit(ctx, int64(len(data)), d); err != nil {
-		t.Fatal(err)
-	}
+	d := commitBlob(t, f, bytes.Repeat([]byte("b"), 64<<10))
 	if err := f.Link(ctx, "app", d); err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +71,7 @@ func TestFullDisk(t *testing.T) {
 	// A blob's bytes go in above the blob floor; its commit takes the disk
 	// below it, and still records the blob.
 	last := bytes.Repeat([]byte("l"), 64<<10)
-	w, err = f.NewWriter(ctx)
+	w, err := f.NewWriter(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,18 +169,7 @@ func TestAccessesKeptWhileTheDiskIsFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	data := []byte("touched")
-	d := digest.FromBytes(data)
-	w, err := f.NewWriter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Commit(ctx, int64(len(data)), d); err != nil {
-		t.Fatal(err)
-	}
+	d := commitBlob(t, f, []byte("touched"))
 	later := time.Now().Add(time.Hour).Truncate(time.Second)
 	f.access.record(d, later)
 
