@@ -76,7 +76,7 @@ func Open(dir string, logger *slog.Logger) (*Files, error) {
 		}
 	}
 	// Opening the index may write into a new memtable file: on a full disk
-	// that is a SIGBUS, not an error (see keepFree).
+	// that is a SIGBUS, not an error (see openFloor).
 	if err := f.space.room(0, openFloor); err != nil {
 		return nil, fmt.Errorf("index: %w; free some space (e.g. remove other files on it) and start again", err)
 	}

@@ -45,7 +45,8 @@ type space struct {
 func (s *space) room(n, floor int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if floor == blobFloor && n <= s.left && time.Since(s.at) < recheckEvery {
+	// A recent reading left more than n above the blob floor, the highest.
+	if n < s.left && time.Since(s.at) < recheckEvery {
 		s.left -= n
 		return nil
 	}
@@ -53,14 +54,12 @@ func (s *space) room(n, floor int64) error {
 	if err != nil {
 		return nil // not knowing is no reason to refuse; the write tells
 	}
-	s.left, s.at = max(free-blobFloor, 0)/2, time.Now()
 	if free-n < floor {
+		s.left = 0
 		return fmt.Errorf("%s has %s free; the node stops writing %s short of full: %w",
 			s.dir, humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(floor)), ErrNoSpace)
 	}
-	if floor == blobFloor {
-		s.left = max(s.left-n, 0)
-	}
+	s.left, s.at = max((free-blobFloor)/2-n, 0), time.Now()
 	return nil
 }
 

@@ -266,9 +266,9 @@ func (r *swarmRun) chooseFetcher(ctx context.Context) string {
 		r.mu.Unlock()
 		if countOn {
 			// It answered polls, and took this request but did not answer
-			// it in time: a loaded member, which fetches. Asking the next one as well made two
-			// fetchers. Its polls tell; if the swarm stalls, the next in
-			// rank is asked.
+			// it in time: a loaded member, which fetches. Asking the next
+			// one as well made two fetchers. Its polls tell; if the swarm
+			// stalls, the next in rank is asked.
 			r.n.log.Debug("swarm: member slow to answer the request to fetch; counting on it", "digest", r.dl.d, "member", m.ID, "err", err)
 			r.addSource(ctx, m.ID, m.DataURL, false)
 			r.wake(m.ID)

@@ -28,26 +28,34 @@ func (f *FullDisk) NewWriter(ctx context.Context) (blobstore.Writer, error) {
 
 // PutManifest fails once Room is spent.
 func (f *FullDisk) PutManifest(ctx context.Context, repo string, m blobstore.Manifest) error {
-	if f.Room.Load() <= 0 {
-		return fmt.Errorf("index: %w", blobstore.ErrNoSpace)
+	if err := f.indexFull(); err != nil {
+		return err
 	}
 	return f.Store.PutManifest(ctx, repo, m)
 }
 
 // Link fails once Room is spent.
 func (f *FullDisk) Link(ctx context.Context, repo string, d digest.Digest) error {
-	if f.Room.Load() <= 0 {
-		return fmt.Errorf("index: %w", blobstore.ErrNoSpace)
+	if err := f.indexFull(); err != nil {
+		return err
 	}
 	return f.Store.Link(ctx, repo, d)
 }
 
 // Tag fails once Room is spent.
 func (f *FullDisk) Tag(ctx context.Context, repo, tag string, d digest.Digest) error {
+	if err := f.indexFull(); err != nil {
+		return err
+	}
+	return f.Store.Tag(ctx, repo, tag, d)
+}
+
+// indexFull is the error of an index write once Room is spent.
+func (f *FullDisk) indexFull() error {
 	if f.Room.Load() <= 0 {
 		return fmt.Errorf("index: %w", blobstore.ErrNoSpace)
 	}
-	return f.Store.Tag(ctx, repo, tag, d)
+	return nil
 }
 
 type fullWriter struct {
