@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -265,24 +264,15 @@ func testLogger(t *testing.T) *slog.Logger {
 	if os.Getenv("IMGMESH_TEST_DEBUG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	dir := os.Getenv("IMGMESH_TEST_LOGS")
-	if dir == "" {
+	if testlog.KeepDir() == "" {
 		return slog.New(slog.DiscardHandler)
 	}
 	// Debug logs of a fleet kept for a test that fails: a flaky swarm
 	// test is told apart by what its nodes did.
 	var buf testlog.Buffer
 	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		path := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
-		err := os.MkdirAll(dir, 0o755)
-		if err == nil {
-			err = os.WriteFile(path, []byte(buf.String()), 0o644)
-		}
-		if err != nil {
-			t.Logf("keep the fleet's log: %v", err)
+		if t.Failed() {
+			testlog.Keep(t, "", []byte(buf.String()))
 		}
 	})
 	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))

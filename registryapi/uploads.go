@@ -208,27 +208,25 @@ func (s *storeWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// bodyError is the error of a copy from the request body that failed.
-func bodyError(sw *storeWriter, err error) error {
-	if sw.err != nil {
-		return sw.err
-	}
-	return apiError(CodeBlobUploadInvalid, "reading request body failed").wrap(err)
-}
-
 // receive copies the request body into wr: exactly want bytes when want ≥ 0
 // (a shorter or longer body is SIZE_INVALID), else until EOF.
 func receive(r *http.Request, wr io.Writer, want int64) error {
 	sw := &storeWriter{w: wr}
+	var n int64
+	var err error
 	if want < 0 {
-		if _, err := io.Copy(sw, r.Body); err != nil {
-			return bodyError(sw, err)
-		}
-		return nil
+		_, err = io.Copy(sw, r.Body)
+	} else {
+		n, err = io.CopyN(sw, r.Body, want)
 	}
-	n, err := io.CopyN(sw, r.Body, want)
 	if sw.err != nil {
 		return sw.err // the node's side failed (a full disk), not the body
+	}
+	if want < 0 {
+		if err != nil {
+			return apiError(CodeBlobUploadInvalid, "reading request body failed").wrap(err)
+		}
+		return nil
 	}
 	if n < want {
 		if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgmesh/imgmesh/internal/testlog"
 	"go.uber.org/goleak"
 )
 
@@ -149,25 +150,18 @@ func startProc(t *testing.T, name string, env []string, argv ...string) *proc {
 	return p
 }
 
-// keepLog copies the whole output of a failed test's process into the
-// folder IMGMESH_TEST_LOGS names, if set: the tail shown is often too short
-// to tell why a flaky test failed.
+// keepLog leaves the whole output of a failed test's process in
+// IMGMESH_TEST_LOGS, if set.
 func (p *proc) keepLog(t *testing.T) {
-	dir := os.Getenv("IMGMESH_TEST_LOGS")
-	if dir == "" {
+	if testlog.KeepDir() == "" {
 		return
 	}
 	b, err := os.ReadFile(p.logPath)
-	if err == nil {
-		err = os.MkdirAll(dir, 0o755)
-	}
-	if err == nil {
-		name := strings.NewReplacer("/", "_").Replace(t.Name()) + "-" + p.name + ".log"
-		err = os.WriteFile(filepath.Join(dir, name), b, 0o644)
-	}
 	if err != nil {
 		t.Logf("keep the log of %s: %v", p.name, err)
+		return
 	}
+	testlog.Keep(t, p.name, b)
 }
 
 // exited reports whether the process has ended.
